@@ -1,0 +1,147 @@
+"""Splitting matrices, splitting indexes and splitting gradients as batched tensor functions.
+
+Notation (Liu, Wu & Wang 2019). A neuron ``j`` with parameters ``theta_j`` (its weights flattened,
+then its bias if any) computes at each position ``p`` of each input ``x``
+
+    u_{j,p} = c_j * theta_j^T x~_p + shift_j,        a_{j,p} = sigma(u_{j,p}),
+
+where ``x~_p`` is the input patch at ``p`` (a 1 appended for the bias) and ``c_j`` the folded
+BatchNorm scale. Definition 2.1 (eq. 3), summed over positions, then reads
+
+    S_j = E_x[ sum_p dL/da_{j,p} * sigma''(u_{j,p}) * c_j^2 * x~_p x~_p^T ].
+
+When the activated channel goes through a depthwise conv ``K_j``, a BatchNorm ``c'_j`` and a second
+activation ``sigma_2`` before it is mixed linearly, the neuron's output is
+``b_{j,q} = sigma_2(c'_j * sum_k K_{j,k} a_{j,q+k} + shift'_j)`` and its Hessian adds
+
+    S_j += E_x[ sum_q dL/db_{j,q} * sigma_2''(.) * c'_j^2 * J_{j,q} J_{j,q}^T ],
+    J_{j,q} = c_j * sum_k K_{j,k} sigma'(u_{j,q+k}) x~_{q+k}      (the gradient of the depthwise output).
+
+The splitting index is ``lambda_min(S_j)`` and the splitting gradient its unit eigenvector ``v_min``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "batchnorm_scale",
+    "neuron_inputs",
+    "weighted_gram",
+    "depthwise_jacobian",
+    "min_eigenpairs",
+]
+
+logger = logging.getLogger(__name__)
+
+# Elements of the largest temporary a chunk may allocate (about 256 MiB in float64).
+DEFAULT_CHUNK_ELEMENTS = 32 * 1024 * 1024
+
+
+def batchnorm_scale(bn: Optional[nn.Module], channels: int, like: torch.Tensor) -> torch.Tensor:
+    """Folded eval-mode BatchNorm scale ``c = gamma / sqrt(running_var + eps)`` (ones without a BatchNorm)."""
+    if bn is None:
+        return torch.ones(channels, dtype=like.dtype, device=like.device)
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
+    return (gamma / torch.sqrt(bn.running_var + bn.eps)).to(like.dtype)
+
+
+def neuron_inputs(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """The inputs ``x~_p`` each neuron of ``layer`` sees: ``[N, d, P]`` (``d`` = weights per neuron (+1 bias)).
+
+    For a Conv2d these are the unfolded patches, in the order of ``weight.view(out, -1)``; for a
+    Linear, ``P = 1``.
+    """
+    if isinstance(layer, nn.Linear):
+        patches = x.unsqueeze(-1)
+    else:
+        if layer.padding_mode != "zeros":
+            raise ValueError(f"padding_mode={layer.padding_mode!r} of {layer} is not supported (only 'zeros')")
+        padding = layer.padding
+        if isinstance(padding, str):
+            raise ValueError(f"padding={padding!r} of {layer} is not supported: give explicit padding")
+        patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=padding, stride=layer.stride)
+    if layer.bias is not None:
+        ones = torch.ones_like(patches[:, :1])
+        patches = torch.cat([patches, ones], dim=1)
+    return patches
+
+
+def weighted_gram(features: torch.Tensor, weights: torch.Tensor,
+                  chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+    """``G_j = sum_{n,p} w_{n,j,p} f_{n,:,p} f_{n,:,p}^T`` for every neuron ``j``: ``[O, d, d]``.
+
+    Parameters
+    ----------
+    features : Tensor ``[N, d, P]``
+        Shared by all neurons (``neuron_inputs``), or ``[N, O, d, P]`` with one set per neuron.
+    weights : Tensor ``[N, O, P]``
+        Per-sample, per-position weights (``dL/da * sigma''(u) * c^2``).
+    """
+    n, o, p = weights.shape
+    shared = features.dim() == 3
+    d = features.shape[-2]
+    out = torch.zeros(o, d, d, dtype=weights.dtype, device=weights.device)
+    rows_per_neuron = max(1, n * p * d)
+    step = max(1, chunk_elements // rows_per_neuron)
+    for start in range(0, o, step):
+        stop = min(o, start + step)
+        w = weights[:, start:stop]  # [N, c, P]
+        if shared:
+            flat = features.permute(0, 2, 1).reshape(n * p, d)  # [NP, d]
+            wf = w.permute(1, 0, 2).reshape(stop - start, n * p, 1) * flat  # [c, NP, d]
+            out[start:stop] = wf.transpose(1, 2) @ flat
+        else:
+            f = features[:, start:stop].permute(1, 0, 3, 2).reshape(stop - start, n * p, d)  # [c, NP, d]
+            wf = w.permute(1, 0, 2).reshape(stop - start, n * p, 1) * f
+            out[start:stop] = wf.transpose(1, 2) @ f
+    return out
+
+
+def depthwise_jacobian(patches: torch.Tensor, first_derivative: torch.Tensor, scale: torch.Tensor,
+                       depthwise: nn.Conv2d, output_size: Tuple[int, int], neurons: slice) -> torch.Tensor:
+    """``J_{j,q} = c_j * sum_k K_{j,k} sigma'(u_{j,q+k}) x~_{q+k}`` for the neurons in ``neurons``.
+
+    Parameters
+    ----------
+    patches : Tensor ``[N, d, P]``
+        The producer's neuron inputs; ``P = H * W`` is the producer's output grid (``output_size``).
+    first_derivative : Tensor ``[N, O, H, W]``
+        ``sigma'(u)`` of the producer's activation.
+    scale : Tensor ``[O]``
+        The folded BatchNorm scale ``c`` between the producer and its activation.
+
+    Returns
+    -------
+    Tensor ``[N, c, d, Q]``: the gradient of each depthwise output (``Q`` positions) w.r.t. ``theta_j``.
+    """
+    n, d, _ = patches.shape
+    h, w = output_size
+    grids = patches.reshape(n, 1, d, h, w)
+    jacobians = []
+    for j in range(neurons.start, neurons.stop):
+        maps = grids[:, 0] * first_derivative[:, j:j + 1] * scale[j]  # [N, d, H, W]
+        kernel = depthwise.weight[j:j + 1].detach().to(maps.dtype).expand(d, -1, -1, -1)
+        out = F.conv2d(maps, kernel, stride=depthwise.stride, padding=depthwise.padding,
+                       dilation=depthwise.dilation, groups=d)
+        jacobians.append(out.reshape(n, d, -1))
+    return torch.stack(jacobians, dim=1)
+
+
+def min_eigenpairs(matrices: torch.Tensor, chunk: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Splitting indexes ``lambda_min(S_j)`` and splitting gradients ``v_min(S_j)`` (unit norm).
+
+    ``matrices`` is ``[O, d, d]``; it is symmetrized first. Returns ``([O], [O, d])``.
+    """
+    values, vectors = [], []
+    for start in range(0, matrices.shape[0], chunk):
+        block = matrices[start:start + chunk]
+        block = 0.5 * (block + block.transpose(1, 2))
+        eigenvalues, eigenvectors = torch.linalg.eigh(block)  # ascending
+        values.append(eigenvalues[:, 0])
+        vectors.append(eigenvectors[:, :, 0])
+    return torch.cat(values), torch.cat(vectors)

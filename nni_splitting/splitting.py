@@ -1,0 +1,279 @@
+"""``compute_splitting``: splitting indexes and gradients of every splittable neuron of a model.
+
+One forward/backward pass per batch records, through a torch.fx Interpreter, each neuron group's
+inputs, pre-activations and the loss gradient at its activation; :mod:`nni_splitting.matrix` turns
+them into splitting matrices, accumulated over the data as the mean of the per-batch losses.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .activations import DEFAULT_SURROGATE_BETA
+from .graph import NeuronGroup, activation_of_node, find_neuron_groups, trace_model
+from .matrix import DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, min_eigenpairs, neuron_inputs, weighted_gram
+
+__all__ = ["LayerSplitting", "compute_splitting", "save_splits", "load_splits", "METHODS"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("exact", "fast", "auto")
+DEFAULT_MEMORY_LIMIT = 2 * 1024 ** 3  # bytes of splitting matrices held at once by method="exact"
+
+
+@dataclass
+class LayerSplitting:
+    """Splitting indexes and gradients of one layer's neurons.
+
+    Attributes
+    ----------
+    layer : str
+        ``named_modules()`` name of the Linear/Conv2d whose outputs are the neurons.
+    eigenvalues : Tensor ``[n_neurons]``
+        Splitting indexes ``lambda_min(S_j)``, in the loss's units: splitting neuron ``j`` along
+        ``directions[j]`` with step ``eps`` changes the loss by ``eps**2 * eigenvalues[j] / 2``.
+    directions : Tensor ``[n_neurons, d]``
+        Splitting gradients ``v_min(S_j)``, unit norm; ``d`` = the neuron's weights flattened, then its bias.
+    group : NeuronGroup
+        The path of the layer's channels (used by :func:`apply_splits` to widen what follows).
+    activation : str
+        The activation (and surrogate) the splitting matrix was computed with.
+    matrices : Tensor ``[n_neurons, d, d]`` or None
+        The splitting matrices themselves, kept only with ``compute_splitting(..., keep_matrices=True)``.
+    """
+
+    layer: str
+    eigenvalues: torch.Tensor
+    directions: torch.Tensor
+    group: NeuronGroup
+    activation: str = ""
+    matrices: Optional[torch.Tensor] = None
+
+    @property
+    def num_neurons(self) -> int:
+        return int(self.eigenvalues.numel())
+
+    def state_dict(self) -> dict:
+        return {"layer": self.layer, "eigenvalues": self.eigenvalues.detach().cpu(),
+                "directions": self.directions.detach().cpu(), "group": self.group.to_dict(),
+                "activation": self.activation}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "LayerSplitting":
+        return cls(state["layer"], state["eigenvalues"], state["directions"],
+                   NeuronGroup.from_dict(state["group"]), state.get("activation", ""))
+
+
+def save_splits(splits: Dict[str, LayerSplitting], path: Union[str, Path]) -> None:
+    """Save splitting results with ``torch.save`` (plain tensors and dicts, keyed by layer name)."""
+    torch.save({name: s.state_dict() for name, s in splits.items()}, str(path))
+
+
+def load_splits(path: Union[str, Path]) -> Dict[str, LayerSplitting]:
+    """Load what :func:`save_splits` wrote."""
+    states = torch.load(str(path), map_location="cpu", weights_only=True)
+    return {name: LayerSplitting.from_state_dict(state) for name, state in states.items()}
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the traced model and keeps the values of the named nodes."""
+
+    def __init__(self, graph_module: fx.GraphModule, keep: set):
+        super().__init__(graph_module)
+        self.keep = keep
+        self.values: Dict[str, torch.Tensor] = {}
+
+    def run_node(self, node: fx.Node):
+        value = super().run_node(node)
+        if node.name in self.keep:
+            self.values[node.name] = value
+        return value
+
+
+def _materialize(batches: Iterable, max_batches: Optional[int]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    items = list(itertools.islice(iter(batches), max_batches))
+    if not items:
+        raise ValueError("batches is empty: compute_splitting needs at least one (inputs, targets) batch")
+    for index, item in enumerate(items):
+        if not (isinstance(item, (tuple, list)) and len(item) >= 2):
+            raise ValueError(f"batch {index} is {type(item).__name__}, expected an (inputs, targets) pair")
+    return [(item[0], item[1]) for item in items]
+
+
+def _plan_passes(groups: Dict[str, NeuronGroup], sizes: Dict[str, Tuple[int, int]], element_bytes: int,
+                 memory_limit: int) -> List[List[Tuple[str, slice]]]:
+    """Split the neurons into passes over the data so each pass holds at most ``memory_limit`` bytes of S."""
+    passes: List[List[Tuple[str, slice]]] = [[]]
+    used = 0
+    for name in groups:
+        neurons, d = sizes[name]
+        per_neuron = d * d * element_bytes
+        step = max(1, min(neurons, memory_limit // max(per_neuron, 1)))
+        for start in range(0, neurons, step):
+            chunk = slice(start, min(neurons, start + step))
+            cost = (chunk.stop - chunk.start) * per_neuron
+            if passes[-1] and used + cost > memory_limit:
+                passes.append([])
+                used = 0
+            passes[-1].append((name, chunk))
+            used += cost
+    return passes
+
+
+def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                      batches: Iterable, method: str = "exact", layers: Optional[Sequence[str]] = None,
+                      surrogate_beta: float = DEFAULT_SURROGATE_BETA, max_batches: Optional[int] = None,
+                      memory_limit: int = DEFAULT_MEMORY_LIMIT, progress: bool = False,
+                      keep_matrices: bool = False) -> Dict[str, LayerSplitting]:
+    """Splitting indexes (``lambda_min``) and splitting gradients (``v_min``) of every splittable neuron.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained model, traceable by torch.fx. It is not modified (a traced copy in eval mode is used:
+        BatchNorm is folded with its running statistics).
+    loss_fn : callable
+        ``loss_fn(outputs, targets)`` returning the mean loss of a batch (e.g. ``nn.CrossEntropyLoss()``).
+    batches : iterable of (inputs, targets)
+        The data ``D`` of eq. 3; the matrices are the mean over all samples. Read once (kept in memory).
+    method : {"exact", "fast", "auto"}
+        ``"exact"`` forms each ``S_j`` and decomposes it with ``torch.linalg.eigh``. ``"auto"`` is
+        ``"exact"`` for now; ``"fast"`` (matrix-free) is not implemented yet.
+    layers : list of str, optional
+        Restrict to these producer layers (``named_modules()`` names).
+    surrogate_beta : float
+        ``beta`` of the softplus surrogate of ``sigma''`` for ReLU-family activations.
+    max_batches : int, optional
+        Use at most this many batches.
+    memory_limit : int
+        Bytes of splitting matrices held at once; above it the neurons are processed in several passes.
+    progress : bool
+        Show a tqdm progress bar.
+    keep_matrices : bool
+        Also return the splitting matrices ``S_j`` (``LayerSplitting.matrices``).
+
+    Returns
+    -------
+    dict
+        ``{layer name: LayerSplitting}`` for every candidate layer, in graph order.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    if method == "fast":
+        raise NotImplementedError("method='fast' (matrix-free splitting) is not implemented yet; use method='exact'")
+    if surrogate_beta <= 0:
+        raise ValueError(f"surrogate_beta={surrogate_beta!r} must be > 0")
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        raise ValueError(f"{type(model).__name__} has no parameters: nothing to split")
+    dtype, device = parameter.dtype, parameter.device
+    data = _materialize(batches, max_batches)
+
+    def prepare(inputs: torch.Tensor) -> torch.Tensor:
+        inputs = inputs.to(device)
+        return inputs.to(dtype) if inputs.is_floating_point() else inputs
+
+    graph_module = trace_model(model, prepare(data[0][0]))
+    groups, excluded = find_neuron_groups(graph_module, list(layers) if layers is not None else None, surrogate_beta)
+    if not groups:
+        reasons = "; ".join(f"{k}: {v}" for k, v in excluded.items()) or "it has no Linear/Conv2d layer"
+        raise ValueError(f"{type(model).__name__} has nothing splittable ({reasons})")
+    nodes = {node.name: node for node in graph_module.graph.nodes}
+    modules = dict(graph_module.named_modules())
+    specs = {name: activation_of_node(graph_module, nodes[g.activation_node], surrogate_beta) for name, g in groups.items()}
+    specs2 = {name: activation_of_node(graph_module, nodes[g.depthwise_activation_node], surrogate_beta)
+              for name, g in groups.items() if g.depthwise_activation_node}
+    keep = set()
+    for g in groups.values():
+        keep.update(filter(None, [g.input_node, g.preactivation_node, g.activation_node,
+                                  g.depthwise_preactivation_node, g.depthwise_activation_node]))
+    sizes = {name: _layer_size(modules[name]) for name in groups}
+    element_bytes = torch.empty((), dtype=dtype).element_size()
+    passes = _plan_passes(groups, sizes, element_bytes, memory_limit)
+    if len(passes) > 1:
+        logger.info("splitting matrices exceed memory_limit=%d bytes: %d passes over the data", memory_limit, len(passes))
+
+    matrices: Dict[str, List[torch.Tensor]] = {name: [] for name in groups}
+    for number, work in enumerate(passes):
+        sums = {(name, chunk.start): torch.zeros(chunk.stop - chunk.start, sizes[name][1], sizes[name][1],
+                                                 dtype=dtype, device=device) for name, chunk in work}
+        total = 0
+        iterator = data
+        if progress:
+            from tqdm.auto import tqdm
+            iterator = tqdm(data, desc=f"splitting matrices (pass {number + 1}/{len(passes)})", leave=False)
+        for index, (inputs, targets) in enumerate(iterator):
+            recorder = _Recorder(graph_module, keep)
+            inputs = prepare(inputs).requires_grad_(inputs.is_floating_point())
+            loss = loss_fn(recorder.run(inputs), targets.to(device))
+            if loss.dim() != 0:
+                raise ValueError(f"loss_fn returned shape {list(loss.shape)}; it must return the batch's mean loss (a scalar)")
+            if not torch.isfinite(loss):
+                raise ValueError(f"the loss of batch {index} is {loss.item()} (NaN or inf): cannot compute splitting matrices")
+            wanted = sorted({g.activation_node for g in groups.values()}
+                            | {g.depthwise_activation_node for g in groups.values() if g.depthwise_activation_node})
+            gradients = dict(zip(wanted, torch.autograd.grad(loss, [recorder.values[w] for w in wanted], allow_unused=True)))
+            batch_size = int(targets.shape[0]) if targets.dim() > 0 else 1
+            total += batch_size
+            for name, chunk in work:
+                term = _splitting_matrices(groups[name], modules, recorder.values, gradients, specs[name],
+                                           specs2.get(name), chunk)
+                sums[(name, chunk.start)] += batch_size * term
+        for name, chunk in work:
+            matrices[name].append(sums[(name, chunk.start)] / total)
+
+    results: Dict[str, LayerSplitting] = {}
+    for name, group in groups.items():
+        full = torch.cat(matrices[name])
+        eigenvalues, directions = min_eigenpairs(full)
+        activation = specs[name].name + (f" -> {groups[name].depthwise} -> {specs2[name].name}" if name in specs2 else "")
+        results[name] = LayerSplitting(name, eigenvalues, directions, group, activation,
+                                       0.5 * (full + full.transpose(1, 2)) if keep_matrices else None)
+    return results
+
+
+def _layer_size(layer: nn.Module) -> Tuple[int, int]:
+    """(number of neurons, parameters per neuron ``d``) of a Linear/Conv2d."""
+    weight = layer.weight
+    return weight.shape[0], math.prod(weight.shape[1:]) + (1 if layer.bias is not None else 0)
+
+
+def _splitting_matrices(group: NeuronGroup, modules: Dict[str, nn.Module], values: Dict[str, torch.Tensor],
+                        gradients: Dict[str, Optional[torch.Tensor]], spec, spec2, chunk: slice) -> torch.Tensor:
+    """``S_j`` of one batch for the neurons ``chunk`` of ``group`` (see :mod:`nni_splitting.matrix`)."""
+    layer = modules[group.layer]
+    patches = neuron_inputs(values[group.input_node].detach(), layer)  # [N, d, P]
+    preactivation = values[group.preactivation_node].detach()
+    n, channels = preactivation.shape[:2]
+    scale = batchnorm_scale(modules.get(group.pre_bn) if group.pre_bn else None, channels, preactivation)
+    gradient = gradients[group.activation_node]
+    if gradient is None:  # the loss does not depend on this activation
+        return torch.zeros(chunk.stop - chunk.start, patches.shape[1], patches.shape[1],
+                           dtype=patches.dtype, device=patches.device)
+    u = preactivation.reshape(n, channels, -1)
+    # S_j = E[ sum_p dL/da_{j,p} * sigma''(u_{j,p}) * c_j^2 * x~_p x~_p^T ]           (eq. 3)
+    weights = gradient.detach().reshape(n, channels, -1) * spec.second(u) * scale[None, :, None] ** 2
+    matrices = weighted_gram(patches, weights[:, chunk])
+    if group.depthwise_activation_node and gradients.get(group.depthwise_activation_node) is not None:
+        depthwise = modules[group.depthwise]
+        u2 = values[group.depthwise_preactivation_node].detach()
+        scale2 = batchnorm_scale(modules.get(group.depthwise_bn) if group.depthwise_bn else None, channels, u2)
+        g2 = gradients[group.depthwise_activation_node].detach().reshape(n, channels, -1)
+        # S_j += E[ sum_q dL/db_{j,q} * sigma_2''(u'_{j,q}) * c'_j^2 * J_{j,q} J_{j,q}^T ]
+        weights2 = g2 * spec2.second(u2.reshape(n, channels, -1)) * scale2[None, :, None] ** 2
+        grid = tuple(preactivation.shape[2:])
+        jacobian_elements = n * patches.shape[1] * weights2.shape[2]  # one neuron's J: [N, d, Q]
+        step = max(1, DEFAULT_CHUNK_ELEMENTS // jacobian_elements)
+        for start in range(chunk.start, chunk.stop, step):
+            part = slice(start, min(chunk.stop, start + step))
+            jacobian = depthwise_jacobian(patches, spec.first(preactivation), scale, depthwise, grid, part)
+            matrices[part.start - chunk.start:part.stop - chunk.start] += weighted_gram(jacobian, weights2[:, part])
+    return matrices
