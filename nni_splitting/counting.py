@@ -15,12 +15,12 @@ COST_KINDS = ("params", "flops")
 
 
 def count_model(model: nn.Module, dummy_input: torch.Tensor) -> Tuple[int, int]:
-    """``(flops, params)`` of ``model`` as NNI's ``count_flops_params`` counts them (FLOPs = multiply-adds)."""
+    """``(flops, params)`` of ``model`` by NNI's ``count_flops_params`` in ``mode="full"`` (BatchNorm included; FLOPs = multiply-adds)."""
     from nni.compression.utils.counter import count_flops_params
 
     was_training = model.training
     try:
-        flops, params, _ = count_flops_params(model, dummy_input, verbose=False)
+        flops, params, _ = count_flops_params(model, dummy_input, verbose=False, mode="full")
     finally:
         model.train(was_training)
     return int(flops), int(params)

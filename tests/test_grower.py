@@ -1,0 +1,63 @@
+"""SplittingGrower on models a user already has (torchvision's mobilenet_v2), with NNI's TorchEvaluator."""
+import nni
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+from nni.compression import TorchEvaluator
+
+from nni_splitting.grower import SplittingGrower
+
+
+def _batches(n=3, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 10, (size,), generator=g)) for _ in range(n)]
+
+
+def test_grows_torchvision_mobilenet_v2_with_torch_evaluator():
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    batches = _batches()
+    seen = {"steps": 0}
+
+    def training_step(batch, model):
+        x, y = batch
+        return nn.functional.cross_entropy(model(x), y)
+
+    def training_func(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
+        model.train()
+        for batch in batches[:1]:
+            optimizers.zero_grad()
+            training_step(batch, model).backward()
+            optimizers.step()
+            seen["steps"] += 1
+        model.eval()
+
+    optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=1e-3)
+    evaluator = TorchEvaluator(training_func, optimizer, training_step, dummy_input=batches[0][0][:1])
+    config_list = [{"op_types": ["Conv2d"], "max_splits": 6, "max_per_layer": 2},
+                   {"op_names": ["features.18.0"], "exclude": True}]
+    grower = SplittingGrower(model, config_list, evaluator, batches=batches)
+    grown = grower.grow(steps=2)
+    assert seen["steps"] == 2
+    assert len(grower.history) == 2 and all(h["splits"] > 0 for h in grower.history)
+    assert grower.history[1]["params"] > grower.history[0]["params"] > sum(p.numel() for p in model.parameters())
+    assert all("features.18.0" not in h["plan"] for h in grower.history)
+    with torch.no_grad():
+        out = grown.eval()(batches[0][0])
+    assert out.shape == (8, 10) and torch.isfinite(out).all()
+
+
+def test_plain_training_function_and_bad_config():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 8), nn.Tanh(), nn.Linear(8, 10))
+    calls = []
+    grower = SplittingGrower(model, [{"op_types": ["Linear"], "grow_ratio": 0.5}], lambda m: calls.append(m),
+                             batches=_batches(1))
+    grown = grower.grow(steps=1)
+    assert calls and grown[1].out_features == 8 + grower.history[0]["splits"]
+    with pytest.raises(ValueError, match="unknown config key"):
+        SplittingGrower(model, [{"op_type": ["Linear"]}], batches=_batches(1))
+    with pytest.raises(ValueError, match="selects no splittable layer"):
+        SplittingGrower(model, [{"op_types": ["Conv2d"]}], batches=_batches(1))
+    with pytest.raises(ValueError, match="needs batches"):
+        SplittingGrower(model, [{"op_types": ["Linear"]}])
