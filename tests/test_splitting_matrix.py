@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from nni_splitting import apply_splits, compute_splitting
 
-torch.set_default_dtype(torch.float64)
 
 
 def _randomize_bn(module):
@@ -59,7 +58,7 @@ def test_mlp_matches_augmented_hessian(activation):
         assert _relative_error(splits["0"].matrices[j], reference) <= 1e-6
     eigenvalues = torch.linalg.eigvalsh(splits["0"].matrices)[:, 0]
     assert torch.allclose(splits["0"].eigenvalues, eigenvalues)
-    assert torch.allclose(splits["0"].directions.norm(dim=1), torch.ones(5))
+    assert torch.allclose(splits["0"].directions.norm(dim=1), torch.ones(5, dtype=torch.float64))
 
 
 def _conv_net(pool=nn.MaxPool2d):
