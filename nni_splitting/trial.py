@@ -1,0 +1,360 @@
+"""One growth step as an NNI trial: ``python -m nni_splitting.trial``.
+
+Contract with :class:`nni_splitting.tuner.SplittingTuner` (the parameters from
+``nni.get_next_parameter()``; missing keys take the defaults below):
+
+1. load the data (a missing ``data_dir`` fails the trial at once with the data module's message);
+2. build the seed network (``widths`` or ``width_multiplier`` of the model's default widths), or
+   load the parent checkpoint and grow it with ``apply_splits`` along the parent's saved splitting
+   directions (``parent_checkpoint``, ``parent_splits``, ``split_plan``, ``epsilon``);
+3. train ``epochs`` epochs (SGD, cosine schedule), reporting validation accuracy every epoch;
+4. evaluate on the test split (reported as ``default``; the validation split is what selects);
+5. compute the splitting indexes of the trained network and the per-neuron costs;
+6. save checkpoint, splits and ``splitting.json`` atomically into the output folder, then report
+   the flat final result (accuracy, params, FLOPs, ratios against the full-size model, paths).
+
+Standalone (no NNI): ``python -m nni_splitting.trial --output-dir DIR [--params JSON|@file]``
+trains the default seed network on the embedded digits data set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+__all__ = ["TRAIN_DEFAULTS", "ARCH_DEFAULTS", "check_train_settings", "resolve_params", "run_trial", "main"]
+
+_logger = logging.getLogger("nni_splitting.trial")
+
+#: Training settings (the tuner's ``trial`` classArg overrides them).
+TRAIN_DEFAULTS: Dict[str, Any] = {
+    "dataset": "digits",       # nni_splitting.data.DATASETS
+    "data_dir": None,          # folder of the data set files (not needed for digits)
+    "epochs": 8,               # epochs of every trial ...
+    "seed_epochs": None,       # ... except the seed network (step 0), when set
+    "lr": 0.05,                # SGD learning rate (cosine-annealed over the trial's epochs)
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "batch_size": 64,
+    "eval_batch_size": 512,
+    "seed": 0,                 # initialisation / shuffling seed (the tuner adds the lineage index)
+    "data_seed": 0,            # seed of the validation split: keep it equal across trials
+    "val_fraction": 0.1,
+    "per_class": None,         # at most this many training examples per class
+    "split_batches": 8,        # batches used to compute the splitting matrices
+    "split_batch_size": None,  # default: batch_size
+    "split_data": "train",     # "train" (the loss being descended, as in the paper) or "val"
+    "num_threads": None,       # torch.set_num_threads
+    "device": "auto",          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+}
+
+#: Architecture and lineage keys (set by the tuner).
+ARCH_DEFAULTS: Dict[str, Any] = {
+    "model": "small_cnn",
+    "widths": None,            # explicit widths of the network to train (a child's grown widths)
+    "width_multiplier": 0.25,  # seed network: this times the model's default widths (if widths is None)
+    "node_id": "",
+    "lineage": 0,
+    "step": 0,
+    "attempt": 0,
+    "parent": "",              # NNI trial id of the parent ("" for a seed)
+    "parent_node": "",
+    "parent_checkpoint": "",
+    "parent_splits": "",
+    "split_plan": {},          # {layer name: [neuron indices]}
+    "n_split": 0,
+    "epsilon": 1e-2,
+    "split_method": "exact",
+    "storage_path": "",        # shared folder (worker view); "" = $NNI_OUTPUT_DIR
+}
+
+_INT_KEYS = ("epochs", "batch_size", "eval_batch_size", "seed", "data_seed", "split_batches")
+_OPTIONAL_INT_KEYS = ("seed_epochs", "per_class", "split_batch_size", "num_threads")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
+    """Validate training settings (the ``trial`` classArg); return them merged over the defaults.
+
+    Raises
+    ------
+    ValueError
+        Quoting the bad key or value.
+    """
+    unknown = sorted(set(settings) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown trial settings {unknown}; known: {sorted(TRAIN_DEFAULTS)}")
+    merged = {**TRAIN_DEFAULTS, **settings}
+    from .data import DATASETS
+    if merged["dataset"] not in DATASETS:
+        raise ValueError(f"trial.dataset must be one of {list(DATASETS)}, got {merged['dataset']!r}")
+    if merged["data_dir"] is not None and not isinstance(merged["data_dir"], str):
+        raise ValueError(f"trial.data_dir must be a path string, got {merged['data_dir']!r}")
+    for key in _INT_KEYS:
+        low = 0 if key in ("seed", "data_seed") else 1
+        if not (_is_int(merged[key]) and merged[key] >= low):
+            raise ValueError(f"trial.{key} must be an int >= {low}, got {merged[key]!r}")
+    for key in _OPTIONAL_INT_KEYS:
+        if merged[key] is not None and not (_is_int(merged[key]) and merged[key] >= 1):
+            raise ValueError(f"trial.{key} must be an int >= 1 or null, got {merged[key]!r}")
+    for key in ("lr", "momentum", "weight_decay"):
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"trial.{key} must be a finite number >= 0, got {value!r}")
+    if not (isinstance(merged["val_fraction"], (int, float)) and 0 < merged["val_fraction"] < 1):
+        raise ValueError(f"trial.val_fraction must be in (0, 1), got {merged['val_fraction']!r}")
+    if not isinstance(merged["device"], str) or not merged["device"]:
+        raise ValueError(f"trial.device must be a device string such as 'cpu' or 'cuda', got {merged['device']!r}")
+    if merged["split_data"] not in ("train", "val"):
+        raise ValueError(f"trial.split_data must be 'train' or 'val', got {merged['split_data']!r}")
+    return merged
+
+
+def resolve_params(received: Optional[Dict[str, Any]], overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Defaults, then NNI's parameters, then command-line overrides; training settings validated."""
+    params = {**ARCH_DEFAULTS, **TRAIN_DEFAULTS, **(received or {}), **(overrides or {})}
+    train = check_train_settings({k: params[k] for k in TRAIN_DEFAULTS})
+    params.update(train)
+    return params
+
+
+def _model_kwargs(name: str, data) -> Dict[str, Any]:
+    if name == "mlp":
+        return {"in_features": int(math.prod(data.input_shape)), "num_classes": data.num_classes}
+    if name == "rbf":
+        return {"num_classes": data.num_classes}
+    return {"num_classes": data.num_classes, "in_channels": data.in_channels}
+
+
+def _build(params: Dict[str, Any], data):
+    """The network to train: a fresh seed, or the parent grown by its split plan."""
+    from . import apply_splits, load_splits
+    from .models import build_model, current_widths, scale_widths
+
+    name = params["model"]
+    if not params["parent_checkpoint"]:
+        widths = params["widths"] or scale_widths(name, params["width_multiplier"] or 1.0)
+        return build_model(name, widths=list(widths), **_model_kwargs(name, data))
+    state = torch.load(params["parent_checkpoint"], map_location="cpu", weights_only=True)
+    parent = build_model(state["model"], widths=state["widths"], **state["model_config"])
+    parent.load_state_dict(state["state_dict"])
+    splits = load_splits(params["parent_splits"])
+    plan = {k: [int(i) for i in v] for k, v in (params["split_plan"] or {}).items()}
+    model = apply_splits(parent, splits, plan, epsilon=float(params["epsilon"]))
+    grown = current_widths(model)
+    if params["widths"] is not None and list(params["widths"]) != grown:
+        raise RuntimeError(f"splitting {params['split_plan']} of widths {state['widths']} gave {grown}, "
+                           f"but the tuner expected {params['widths']}")
+    return model
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _accuracy(model: nn.Module, loader: DataLoader) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    correct = total = 0
+    with torch.no_grad():
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(device), targets.to(device)
+            correct += int((model(inputs).argmax(1) == targets).sum())
+            total += int(targets.numel())
+    return correct / max(total, 1)
+
+
+def _train(model: nn.Module, loaders, params: Dict[str, Any], report: Callable[[dict], None]) -> float:
+    from tqdm import tqdm
+
+    train_loader, val_loader, _ = loaders
+    epochs = params["seed_epochs"] if params["step"] == 0 and params["seed_epochs"] else params["epochs"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"],
+                                weight_decay=params["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(train_loader)))
+    loss_fn = nn.CrossEntropyLoss()
+    device = next(model.parameters()).device
+    val_acc = 0.0
+    for epoch in range(epochs):
+        model.train()
+        total_loss, seen = 0.0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stdout, ascii=True,
+                   mininterval=5.0, leave=True)
+        for inputs, targets in bar:
+            inputs, targets = inputs.to(device), targets.to(device)
+            optimizer.zero_grad()
+            loss = loss_fn(model(inputs), targets)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(targets)
+            seen += len(targets)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+        bar.close()
+        val_acc = _accuracy(model, val_loader)
+        report({"default": val_acc, "train_loss": total_loss / max(seen, 1), "epoch": epoch + 1})
+        _logger.info("epoch %d/%d: train loss %.4f, val accuracy %.4f", epoch + 1, epochs, total_loss / max(seen, 1),
+                     val_acc)
+    return val_acc
+
+
+def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Callable[[dict], None] = lambda r: None,
+              trial_id: str = "STANDALONE", experiment_id: str = "STANDALONE") -> Dict[str, Any]:
+    """Train, evaluate, score and save one network; return the flat final result (not reported here)."""
+    from . import compute_splitting, count_model, neuron_costs, save_splits
+    from .data import dummy_input, load_dataset, make_loaders
+    from .models import build_model, current_widths
+    from .storage import CHECKPOINT_FILE, INDEX_FILE, SPLITS_FILE, atomic_save, atomic_write_json
+
+    started = time.time()
+    if params["num_threads"]:
+        torch.set_num_threads(params["num_threads"])
+    data = load_dataset(params["dataset"], data_dir=params["data_dir"], val_fraction=params["val_fraction"],
+                        per_class=params["per_class"], seed=params["data_seed"])
+    torch.manual_seed(params["seed"])
+    model = _build(params, data).to(_device(params["device"]))
+    widths = current_widths(model)
+    _logger.info("node %s (lineage %s, step %s): %s with widths %s on %s", params["node_id"] or "-",
+                 params["lineage"], params["step"], params["model"], widths, next(model.parameters()).device)
+    loaders = make_loaders(data, batch_size=params["batch_size"], seed=params["seed"],
+                           eval_batch_size=params["eval_batch_size"])
+    val_acc = _train(model, loaders, params, report_intermediate)
+    test_acc = _accuracy(model, loaders[2])
+    train_seconds = time.time() - started
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint, splits_path, index_path = (output_dir / n for n in (CHECKPOINT_FILE, SPLITS_FILE, INDEX_FILE))
+    split_source = data.train if params["split_data"] == "train" else data.val
+    generator = torch.Generator().manual_seed(params["seed"])
+    split_loader = DataLoader(split_source, batch_size=params["split_batch_size"] or params["batch_size"],
+                              shuffle=True, generator=generator)
+    model.eval()
+    dummy = dummy_input(data)
+    splits, costs, error = None, {}, ""
+    try:
+        splits = compute_splitting(model, nn.CrossEntropyLoss(), split_loader, method=params["split_method"],
+                                   max_batches=params["split_batches"])
+        model = model.cpu()  # counting, costs and the checkpoint on the CPU
+        costs = {kind: neuron_costs(model, dummy, kind=kind) for kind in ("params", "flops")}
+        atomic_save(splits_path, lambda p: save_splits(splits, p))
+    except Exception as exc:  # keep the trained network and its accuracy; the tuner stops this lineage
+        _logger.exception("computing the splitting indexes failed")
+        error = f"{type(exc).__name__}: {exc}"
+        splits, costs, model = None, {}, model.cpu()
+    atomic_save(checkpoint, lambda p: torch.save(
+        {"model": params["model"], "widths": widths, "model_config": dict(model.config),
+         "state_dict": model.state_dict(), "node_id": params["node_id"], "step": params["step"]}, p))
+    flops, n_params = count_model(model, dummy)
+    reference = build_model(params["model"], widths=None, **model.config)
+    ref_flops, ref_params = count_model(reference, dummy)
+    eigenvalues = {name: [float(v) for v in s.eigenvalues] for name, s in (splits or {}).items()}
+    min_index = min((min(v) for v in eigenvalues.values() if v), default=None)
+    info = {
+        "node_id": params["node_id"], "trial_id": trial_id, "experiment_id": experiment_id,
+        "lineage": params["lineage"], "step": params["step"], "parent": params["parent"],
+        "parent_node": params["parent_node"], "split_plan": params["split_plan"],
+        "model": params["model"], "model_config": dict(model.config), "widths": widths,
+        "width_layers": list(model.width_layers()), "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes, "eigenvalues": eigenvalues, "costs": costs,
+        "params": n_params, "flops": flops, "reference": {"params": ref_params, "flops": ref_flops,
+                                                          "widths": list(reference.widths)},
+        "accuracy": test_acc, "val_accuracy": val_acc, "checkpoint": str(checkpoint),
+        "splits": str(splits_path) if splits is not None else "", "splitting_error": error,
+    }
+    atomic_write_json(index_path, info)
+    result = {
+        "default": test_acc, "val_accuracy": val_acc, "params": n_params, "flops": flops,
+        "params_ratio": n_params / ref_params, "flops_ratio": flops / ref_flops, "step": params["step"],
+        "method": "splitting", "parent": params["parent"], "node": params["node_id"], "lineage": params["lineage"],
+        "attempt": params["attempt"], "n_split": params["n_split"], "widths": ",".join(str(w) for w in widths),
+        "min_index": min_index,
+        "checkpoint": str(checkpoint), "splits": info["splits"], "indexes": str(index_path),
+        "seconds": time.time() - started, "train_seconds": train_seconds,
+    }
+    if error:
+        result["splitting_error"] = error
+    return result
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m nni_splitting.trial", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", help="where to write checkpoint.pt, splits.pt and splitting.json "
+                                             "(default: $NNI_OUTPUT_DIR, or runs/standalone-<time>)")
+    parser.add_argument("--params", help="JSON object (or @file) overriding the parameters, e.g. "
+                                         "'{\"epochs\": 2, \"model\": \"mlp\"}'")
+    return parser.parse_args(argv)
+
+
+def _load_overrides(text: Optional[str]) -> Dict[str, Any]:
+    if not text:
+        return {}
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"--params must be a JSON object, got {value!r}")
+    return value
+
+
+def main(argv=None) -> int:
+    """Entry point of ``python -m nni_splitting.trial``; returns the exit status."""
+    import nni
+
+    args = _parse_args(argv)
+    received = nni.get_next_parameter() or {}  # first thing: see the parameter-queue note in docs/nni.md
+    handler = logging.StreamHandler(sys.stdout)  # NNI sends a local trial's stdout to trial.log
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
+    package_logger = logging.getLogger("nni_splitting")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    try:
+        return _main(args, received)
+    finally:
+        package_logger.removeHandler(handler)
+
+
+def _main(args, received: Dict[str, Any]) -> int:
+    import nni
+    from .storage import trial_output_dir
+
+    try:
+        params = resolve_params(received, _load_overrides(args.params))
+    except ValueError as error:
+        print(f"nni_splitting.trial: bad parameters: {error}", file=sys.stderr)
+        return 2
+    trial_id, experiment_id = nni.get_trial_id(), nni.get_experiment_id()
+    output_dir = args.output_dir or trial_output_dir(params["storage_path"] or None, experiment_id, trial_id,
+                                                     os.environ.get("NNI_OUTPUT_DIR"))
+    if output_dir is None:
+        output_dir = Path("runs") / time.strftime("standalone-%Y%m%d-%H%M%S")
+    _logger.info("parameters: %s", json.dumps(params, sort_keys=True))
+    _logger.info("output folder: %s", output_dir)
+    try:
+        result = run_trial(params, Path(output_dir), nni.report_intermediate_result, trial_id, experiment_id)
+    except FileNotFoundError as error:  # e.g. CIFAR-10 not in data_dir: say so at once, clearly
+        print(f"nni_splitting.trial: {error}", file=sys.stderr)
+        _logger.error("%s", error)
+        return 3
+    nni.report_final_result(result)
+    _logger.info("final result: %s", json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
