@@ -11,12 +11,14 @@ eigenvalue, along its eigenvector::
 from .counting import count_model, neuron_costs
 from .graph import NeuronGroup, find_neuron_groups, trace_model
 from .selection import select_neurons
+from .energy import select_energy_aware
 from .splitting import LayerSplitting, compute_splitting, load_splits, save_splits
 from .surgery import apply_splits
 
 __all__ = [
     "compute_splitting",
     "select_neurons",
+    "select_energy_aware",
     "apply_splits",
     "LayerSplitting",
     "NeuronGroup",

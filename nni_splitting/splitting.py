@@ -1,8 +1,11 @@
 """``compute_splitting``: splitting indexes and gradients of every splittable neuron of a model.
 
 One forward/backward pass per batch records, through a torch.fx Interpreter, each neuron group's
-inputs, pre-activations and the loss gradient at its activation; :mod:`nni_splitting.matrix` turns
-them into splitting matrices, accumulated over the data as the mean of the per-batch losses.
+inputs, pre-activations and the loss gradient at its activation (:func:`_record_batch`, shared by
+both methods). ``method="exact"`` turns them into splitting matrices with :mod:`nni_splitting.matrix`,
+accumulated over the data as the mean of the per-batch losses, and decomposes them;
+``method="fast"`` keeps them as per-layer data and finds ``lambda_min`` matrix-free with
+:mod:`nni_splitting.fast` (never forming a ``d x d`` matrix).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .activations import DEFAULT_SURROGATE_BETA
+from .fast import AUTO_EXACT_MAX_D, FastLayerData, check_fast_options, solve_min_eigenpairs
 from .graph import NeuronGroup, activation_of_node, find_neuron_groups, trace_model
 from .matrix import DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, min_eigenpairs, neuron_inputs, weighted_gram
 
@@ -47,7 +51,13 @@ class LayerSplitting:
     activation : str
         The activation (and surrogate) the splitting matrix was computed with.
     matrices : Tensor ``[n_neurons, d, d]`` or None
-        The splitting matrices themselves, kept only with ``compute_splitting(..., keep_matrices=True)``.
+        The splitting matrices themselves, kept only with ``compute_splitting(..., keep_matrices=True)``
+        (and only for layers computed with the exact method).
+    method : str
+        ``"exact"`` or ``"fast"``: how this layer was computed.
+    convergence : dict or None
+        For ``"fast"`` layers, the eigensolver's report (iterations, matrix-vector products,
+        residuals, converged count; see :func:`nni_splitting.fast.solve_min_eigenpairs`).
     """
 
     layer: str
@@ -56,6 +66,8 @@ class LayerSplitting:
     group: NeuronGroup
     activation: str = ""
     matrices: Optional[torch.Tensor] = None
+    method: str = "exact"
+    convergence: Optional[dict] = None
 
     @property
     def num_neurons(self) -> int:
@@ -109,11 +121,27 @@ def _materialize(batches: Iterable, max_batches: Optional[int]) -> List[Tuple[to
 
 
 def _plan_passes(groups: Dict[str, NeuronGroup], sizes: Dict[str, Tuple[int, int]], element_bytes: int,
-                 memory_limit: int) -> List[List[Tuple[str, slice]]]:
-    """Split the neurons into passes over the data so each pass holds at most ``memory_limit`` bytes of S."""
-    passes: List[List[Tuple[str, slice]]] = [[]]
+                 memory_limit: int, fast_bytes: Optional[Dict[str, int]] = None) -> List[List[Tuple[str, Optional[slice]]]]:
+    """Split the work into passes over the data so each pass holds at most ``memory_limit`` bytes.
+
+    An exact layer costs ``d * d`` elements per neuron (of S) and may be cut into neuron chunks; a
+    fast layer (in ``fast_bytes``) costs its cached data and is one item, ``(name, None)``.
+    """
+    passes: List[List[Tuple[str, Optional[slice]]]] = [[]]
     used = 0
+    fast_bytes = fast_bytes or {}
     for name in groups:
+        if name in fast_bytes:
+            cost = fast_bytes[name]
+            if cost > memory_limit:
+                logger.warning("the cached data of %s (%d bytes) exceeds memory_limit=%d: it gets a pass of its own",
+                               name, cost, memory_limit)
+            if passes[-1] and used + cost > memory_limit:
+                passes.append([])
+                used = 0
+            passes[-1].append((name, None))
+            used += cost
+            continue
         neurons, d = sizes[name]
         per_neuron = d * d * element_bytes
         step = max(1, min(neurons, memory_limit // max(per_neuron, 1)))
@@ -132,7 +160,7 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
                       batches: Iterable, method: str = "exact", layers: Optional[Sequence[str]] = None,
                       surrogate_beta: float = DEFAULT_SURROGATE_BETA, max_batches: Optional[int] = None,
                       memory_limit: int = DEFAULT_MEMORY_LIMIT, progress: bool = False,
-                      keep_matrices: bool = False) -> Dict[str, LayerSplitting]:
+                      keep_matrices: bool = False, fast_options: Optional[dict] = None) -> Dict[str, LayerSplitting]:
     """Splitting indexes (``lambda_min``) and splitting gradients (``v_min``) of every splittable neuron.
 
     Parameters
@@ -145,8 +173,12 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
     batches : iterable of (inputs, targets)
         The data ``D`` of eq. 3; the matrices are the mean over all samples. Read once (kept in memory).
     method : {"exact", "fast", "auto"}
-        ``"exact"`` forms each ``S_j`` and decomposes it with ``torch.linalg.eigh``. ``"auto"`` is
-        ``"exact"`` for now; ``"fast"`` (matrix-free) is not implemented yet.
+        ``"exact"`` forms each ``S_j`` and decomposes it with ``torch.linalg.eigh``: ``O(n d^3)`` time
+        and ``O(n d^2)`` memory. ``"fast"`` never forms ``S_j``: it caches each layer's inputs and
+        per-position weights (``O(N P (d + n))`` memory) and runs a batched LOBPCG on matrix-free
+        products ``S_j v_j`` (:mod:`nni_splitting.fast`). ``"auto"`` picks, per layer, ``"exact"``
+        when ``d <= fast_options["exact_max_d"]`` (default :data:`~nni_splitting.fast.AUTO_EXACT_MAX_D`)
+        and ``"fast"`` otherwise.
     layers : list of str, optional
         Restrict to these producer layers (``named_modules()`` names).
     surrogate_beta : float
@@ -154,11 +186,15 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
     max_batches : int, optional
         Use at most this many batches.
     memory_limit : int
-        Bytes of splitting matrices held at once; above it the neurons are processed in several passes.
+        Bytes of splitting matrices (exact) and cached layer data (fast) held at once; above it the
+        layers (and the exact layers' neurons) are processed in several passes over the data.
     progress : bool
         Show a tqdm progress bar.
     keep_matrices : bool
-        Also return the splitting matrices ``S_j`` (``LayerSplitting.matrices``).
+        Also return the splitting matrices ``S_j`` (``LayerSplitting.matrices``) of the exact layers.
+    fast_options : dict, optional
+        Options of the fast eigensolver (``tol``, ``max_iter``, ``block``, ``seed``, ``chunk_elements``)
+        and ``exact_max_d`` for ``"auto"``; see :func:`nni_splitting.fast.check_fast_options`.
 
     Returns
     -------
@@ -167,8 +203,7 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
-    if method == "fast":
-        raise NotImplementedError("method='fast' (matrix-free splitting) is not implemented yet; use method='exact'")
+    options = check_fast_options(fast_options)
     if surrogate_beta <= 0:
         raise ValueError(f"surrogate_beta={surrogate_beta!r} must be > 0")
     parameter = next(model.parameters(), None)
@@ -196,48 +231,97 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
         keep.update(filter(None, [g.input_node, g.preactivation_node, g.activation_node,
                                   g.depthwise_preactivation_node, g.depthwise_activation_node]))
     sizes = {name: _layer_size(modules[name]) for name in groups}
+    exact_max_d = options.get("exact_max_d", AUTO_EXACT_MAX_D)
+    methods = {name: ("fast" if method == "fast" or (method == "auto" and sizes[name][1] > exact_max_d) else "exact")
+               for name in groups}
     element_bytes = torch.empty((), dtype=dtype).element_size()
-    passes = _plan_passes(groups, sizes, element_bytes, memory_limit)
+    total = sum(_batch_size(targets) for _, targets in data)
+    fast_bytes = {name: FastLayerData.estimate_bytes(groups[name], nodes, modules, total, element_bytes)
+                  for name in groups if methods[name] == "fast"}
+    passes = _plan_passes(groups, sizes, element_bytes, memory_limit, fast_bytes)
     if len(passes) > 1:
-        logger.info("splitting matrices exceed memory_limit=%d bytes: %d passes over the data", memory_limit, len(passes))
+        logger.info("splitting data exceed memory_limit=%d bytes: %d passes over the data", memory_limit, len(passes))
+    wanted = sorted({g.activation_node for g in groups.values()}
+                    | {g.depthwise_activation_node for g in groups.values() if g.depthwise_activation_node})
 
     matrices: Dict[str, List[torch.Tensor]] = {name: [] for name in groups}
+    fast_results: Dict[str, Tuple[torch.Tensor, torch.Tensor, dict]] = {}
     for number, work in enumerate(passes):
+        exact_work = [(name, chunk) for name, chunk in work if chunk is not None]
         sums = {(name, chunk.start): torch.zeros(chunk.stop - chunk.start, sizes[name][1], sizes[name][1],
-                                                 dtype=dtype, device=device) for name, chunk in work}
-        total = 0
+                                                 dtype=dtype, device=device) for name, chunk in exact_work}
+        caches = {name: FastLayerData(groups[name], modules, specs[name], specs2.get(name), total)
+                  for name, chunk in work if chunk is None}
         iterator = data
         if progress:
             from tqdm.auto import tqdm
             iterator = tqdm(data, desc=f"splitting matrices (pass {number + 1}/{len(passes)})", leave=False)
         for index, (inputs, targets) in enumerate(iterator):
-            recorder = _Recorder(graph_module, keep)
-            inputs = prepare(inputs).requires_grad_(inputs.is_floating_point())
-            loss = loss_fn(recorder.run(inputs), targets.to(device))
-            if loss.dim() != 0:
-                raise ValueError(f"loss_fn returned shape {list(loss.shape)}; it must return the batch's mean loss (a scalar)")
-            if not torch.isfinite(loss):
-                raise ValueError(f"the loss of batch {index} is {loss.item()} (NaN or inf): cannot compute splitting matrices")
-            wanted = sorted({g.activation_node for g in groups.values()}
-                            | {g.depthwise_activation_node for g in groups.values() if g.depthwise_activation_node})
-            gradients = dict(zip(wanted, torch.autograd.grad(loss, [recorder.values[w] for w in wanted], allow_unused=True)))
-            batch_size = int(targets.shape[0]) if targets.dim() > 0 else 1
-            total += batch_size
-            for name, chunk in work:
-                term = _splitting_matrices(groups[name], modules, recorder.values, gradients, specs[name],
+            values, gradients = _record_batch(graph_module, keep, wanted, loss_fn, prepare(inputs), targets.to(device), index)
+            batch_size = _batch_size(targets)
+            for name, chunk in exact_work:
+                term = _splitting_matrices(groups[name], modules, values, gradients, specs[name],
                                            specs2.get(name), chunk)
                 sums[(name, chunk.start)] += batch_size * term
-        for name, chunk in work:
+            for cache in caches.values():
+                cache.add(values, gradients, batch_size)
+            del values, gradients
+        for name, chunk in exact_work:
             matrices[name].append(sums[(name, chunk.start)] / total)
+        del sums
+        for name in list(caches):  # one layer's data at a time from here on
+            fast_results[name] = solve_min_eigenpairs(caches.pop(name).operator(), **_solver_options(options))
 
     results: Dict[str, LayerSplitting] = {}
     for name, group in groups.items():
-        full = torch.cat(matrices[name])
-        eigenvalues, directions = min_eigenpairs(full)
         activation = specs[name].name + (f" -> {groups[name].depthwise} -> {specs2[name].name}" if name in specs2 else "")
+        if methods[name] == "fast":
+            eigenvalues, directions, report = fast_results[name]
+            results[name] = LayerSplitting(name, eigenvalues, directions, group, activation, None, "fast", report)
+            continue
+        full = torch.cat(matrices[name])
+        eigenvalues, directions = _robust_min_eigenpairs(full)
         results[name] = LayerSplitting(name, eigenvalues, directions, group, activation,
                                        0.5 * (full + full.transpose(1, 2)) if keep_matrices else None)
     return results
+
+
+def _robust_min_eigenpairs(full: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`min_eigenpairs`, retried in float64 when LAPACK's float32 ``eigh`` fails to converge.
+
+    That happens on float32 matrices with many repeated eigenvalues (dead input channels give zero
+    rows and columns); the float64 result is cast back to the matrices' dtype.
+    """
+    try:
+        return min_eigenpairs(full)
+    except torch.linalg.LinAlgError as error:
+        logger.warning("eigh failed in %s (%s); retrying in float64", full.dtype, str(error).split(":")[0])
+        eigenvalues, directions = min_eigenpairs(full.double())
+        return eigenvalues.to(full.dtype), directions.to(full.dtype)
+
+
+def _solver_options(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k != "exact_max_d"}
+
+
+def _batch_size(targets: torch.Tensor) -> int:
+    return int(targets.shape[0]) if targets.dim() > 0 else 1
+
+
+def _record_batch(graph_module: fx.GraphModule, keep: set, wanted: List[str], loss_fn: Callable,
+                  inputs: torch.Tensor, targets: torch.Tensor, index: int
+                  ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Optional[torch.Tensor]]]:
+    """One forward/backward pass: the kept node values and ``dL/d(activation)`` at the ``wanted`` nodes."""
+    recorder = _Recorder(graph_module, keep)
+    inputs = inputs.requires_grad_(inputs.is_floating_point())
+    loss = loss_fn(recorder.run(inputs), targets)
+    if loss.dim() != 0:
+        raise ValueError(f"loss_fn returned shape {list(loss.shape)}; it must return the batch's mean loss (a scalar)")
+    if not torch.isfinite(loss):
+        raise ValueError(f"the loss of batch {index} is {loss.item()} (NaN or inf): cannot compute splitting matrices")
+    gradients = dict(zip(wanted, torch.autograd.grad(loss, [recorder.values[w] for w in wanted], allow_unused=True)))
+    values = {name: value.detach() for name, value in recorder.values.items()}
+    return values, gradients
 
 
 def _layer_size(layer: nn.Module) -> Tuple[int, int]:

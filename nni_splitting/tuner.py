@@ -80,7 +80,7 @@ class SplittingArguments(NamedTuple):
     epsilon
         Splitting step size: offspring weights are ``theta +- epsilon * v_min``.
     method
-        ``compute_splitting`` method used by the trials (``"exact"``, ``"auto"``).
+        ``compute_splitting`` method used by the trials (``"exact"``, ``"fast"``, ``"auto"``).
     cost
         ``"none"``: rank by index; ``"params"`` / ``"flops"``: rank by index per added parameter /
         FLOP (the trial's ``neuron_costs``).

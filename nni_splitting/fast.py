@@ -1,0 +1,445 @@
+"""Matrix-free splitting: ``lambda_min(S_j)`` and ``v_min(S_j)`` without ever forming ``S_j``.
+
+The exact method forms a ``d x d`` splitting matrix per neuron (``O(n d^2)`` memory) and decomposes
+it (``O(n d^3)`` time). Here each layer's recorded data are kept instead -- its input ``x``, the
+per-position weights ``w = dL/da * sigma''(u) * c^2`` and, when a depthwise conv follows, the slopes
+``c * sigma'(u)``, the depthwise kernel and its weights ``w'`` -- which is ``O(N P (d/k^2 + n))``
+memory, and both terms of ``S_j`` (see :mod:`nni_splitting.matrix`) are applied as quadratic forms:
+
+    S_j v_j = sum_{n,p} w_{n,j,p} x~_{n,p} (x~_{n,p}^T v_j)                          (eq. 3, term 1)
+            + sum_{n,q} w'_{n,j,q} J_{n,j,q} (J_{n,j,q}^T v_j)                      (depthwise, term 2)
+
+For all neurons (and ``k`` vectors each) at once, ``t = x~^T v`` is the layer's conv/linear of
+``x`` with the stacked ``v`` as weights, ``J^T v = dwconv(c sigma'(u) * t)``, and the outer sum is
+the weight-gradient of that conv for the output gradient
+``w * t + c sigma'(u) * dwconv^T(w' * dwconv(c sigma'(u) * t))`` -- two convolutions (four with a
+depthwise conv) per product, no ``d x d`` matrix.
+
+On top sits :func:`lobpcg_min`, a LOBPCG (Knyazev 2001) batched over neurons: every neuron has its
+own block ``[X, W, P]`` of ``3 k`` vectors, Rayleigh-Ritz is a batch of small ``3k x 3k``
+eigenproblems (in float64, whitened with the block's Gram matrix so near-dependent directions are
+dropped rather than trusted), ``S X`` and ``S P`` are updated implicitly so each iteration costs one
+block product ``S W``, and converged neurons leave the batch (the product then runs on fewer
+output channels).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import contextmanager
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .matrix import batchnorm_scale
+
+__all__ = [
+    "AUTO_EXACT_MAX_D",
+    "FAST_DEFAULTS",
+    "FastLayerData",
+    "SplittingOperator",
+    "check_fast_options",
+    "full_precision",
+    "lobpcg_min",
+    "solve_min_eigenpairs",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``method="auto"`` uses the exact method for layers with at most this many parameters per neuron.
+AUTO_EXACT_MAX_D = 64
+
+#: A neuron whose residual has not dropped by 10% in this many iterations stops (the products' rounding floor).
+_PATIENCE = 8
+
+#: Defaults of the fast eigensolver (see :func:`lobpcg_min`).
+FAST_DEFAULTS = {"tol": 1e-3, "max_iter": 60, "min_iter": 5, "block": 2, "seed": 0, "chunk_elements": 16 * 1024 * 1024}
+
+
+def check_fast_options(options: Optional[dict]) -> dict:
+    """Validate ``compute_splitting(..., fast_options=...)`` and fill in :data:`FAST_DEFAULTS`.
+
+    Keys: ``tol`` (residual tolerance, relative to the neuron's ``||S_j||`` estimate, in ``(0, 1)``),
+    ``max_iter`` (LOBPCG iterations, >= 1), ``min_iter`` (iterations before a neuron may stop, >= 0),
+    ``block`` (vectors per neuron, >= 1), ``seed`` (of the
+    random start), ``chunk_elements`` (largest temporary of a product, in elements) and
+    ``exact_max_d`` (``method="auto"``'s threshold, default :data:`AUTO_EXACT_MAX_D`).
+    """
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(FAST_DEFAULTS) - {"exact_max_d"})
+    if unknown:
+        raise ValueError(f"unknown fast_options {unknown}; known: {sorted(FAST_DEFAULTS) + ['exact_max_d']}")
+    merged = {**FAST_DEFAULTS, **options}
+    tol = merged["tol"]
+    if not isinstance(tol, (int, float)) or not 0 < tol < 1:
+        raise ValueError(f"fast_options tol={tol!r} must be in (0, 1)")
+    for key in ("max_iter", "min_iter", "block", "chunk_elements"):
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "min_iter" else 1):
+            kind = "non-negative" if key == "min_iter" else "positive"
+            raise ValueError(f"fast_options {key}={value!r} must be a {kind} integer")
+    if "exact_max_d" in merged and (isinstance(merged["exact_max_d"], bool) or not isinstance(merged["exact_max_d"], int)):
+        raise ValueError(f"fast_options exact_max_d={merged['exact_max_d']!r} must be an integer")
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+class SplittingOperator:
+    """``v -> S_j v_j`` for every neuron ``j`` of one layer, from the layer's cached data.
+
+    Parameters
+    ----------
+    layer : nn.Linear or nn.Conv2d
+        The producer (only its geometry and whether it has a bias are used).
+    inputs : Tensor ``[N, C, H, W]`` or ``[N, F]``
+        The layer's inputs over the whole data.
+    weights : Tensor ``[N, O, H', W']`` or ``[N, O]``
+        ``w = dL/da * sigma''(u) * c^2``, each sample weighted by its share of the mean loss.
+    depthwise : nn.Conv2d, optional
+        A depthwise conv (and second activation) that is part of the neuron; then ``slopes``
+        (``c * sigma'(u)``, like ``weights``) and ``weights2`` (``dL/db * sigma_2''(.) * c'^2`` at the
+        depthwise output) are needed too.
+    chunk_elements : int
+        Samples are processed in chunks whose largest temporary has at most this many elements.
+    """
+
+    def __init__(self, layer: nn.Module, inputs: torch.Tensor, weights: torch.Tensor,
+                 depthwise: Optional[nn.Conv2d] = None, slopes: Optional[torch.Tensor] = None,
+                 weights2: Optional[torch.Tensor] = None, chunk_elements: int = FAST_DEFAULTS["chunk_elements"]):
+        self.linear = isinstance(layer, nn.Linear)
+        self.weight_shape = tuple(layer.weight.shape)
+        self.has_bias = layer.bias is not None
+        if not self.linear:
+            if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+                raise ValueError(f"{layer}: only explicit zero padding is supported (padding={layer.padding!r}, "
+                                 f"padding_mode={layer.padding_mode!r})")
+            self.geometry = (layer.stride, layer.padding, layer.dilation)
+        self.inputs, self.weights = inputs, weights
+        self.depthwise = depthwise is not None and weights2 is not None
+        if self.depthwise:
+            self.kernel = depthwise.weight.detach().to(inputs.dtype)
+            self.dw_geometry = (depthwise.stride, depthwise.padding, depthwise.dilation)
+            self.slopes, self.weights2 = slopes, weights2
+        self.chunk_elements = chunk_elements
+
+    @property
+    def num_neurons(self) -> int:
+        return self.weight_shape[0]
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.weight_shape[1:]) + int(self.has_bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inputs.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.inputs.device
+
+    def _chunk(self, columns: int) -> int:
+        per_sample = columns * max(1, self.weights[0, 0].numel())
+        if self.depthwise:
+            per_sample += columns * self.weights2[0, 0].numel()
+        return max(1, self.chunk_elements // max(1, 3 * per_sample))
+
+    def matvec(self, vectors: torch.Tensor, neurons: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``S_j v_j`` for ``vectors`` ``[B, d, k]`` (``k`` vectors for each of the ``B`` neurons ``neurons``)."""
+        b, d, k = vectors.shape
+        if d != self.dim:
+            raise ValueError(f"vectors have d={d}, the layer has d={self.dim}")
+        full = neurons is None or b == self.num_neurons
+        if neurons is None:
+            neurons = torch.arange(b, device=vectors.device)
+        stacked = vectors.permute(2, 0, 1).reshape(k * b, d)  # row (i, j): vector i of neuron j
+        dw = d - int(self.has_bias)
+        v_weight = stacked[:, :dw].reshape(k * b, *self.weight_shape[1:])
+        v_bias = stacked[:, dw] if self.has_bias else None
+        out = torch.zeros(k * b, d, dtype=vectors.dtype, device=vectors.device)
+        n = self.inputs.shape[0]
+        step = self._chunk(k * b)
+        for start in range(0, n, step):
+            part = slice(start, min(n, start + step))
+            weights = self.weights[part] if full else self.weights[part][:, neurons]
+            x = self.inputs[part]
+            if self.linear:
+                t = F.linear(x, v_weight, v_bias).view(-1, k, b)
+                y = (t * weights.unsqueeze(1)).view(-1, k * b)
+                out[:, :dw] += y.t() @ x  # sum_n y_{n,j} x_n
+            else:
+                stride, padding, dilation = self.geometry
+                t = F.conv2d(x, v_weight, v_bias, stride, padding, dilation)  # x~^T v_j at every position
+                grid = t.shape[2:]
+                t = t.view(-1, k, b, *grid)
+                y = t * weights.unsqueeze(1)
+                if self.depthwise:
+                    y = y + self._depthwise_term(t, part, neurons, full)
+                y = y.view(-1, k * b, *grid)
+                gradient = torch.nn.grad.conv2d_weight(x, v_weight.shape, y, stride, padding, dilation)
+                out[:, :dw] += gradient.reshape(k * b, dw)
+            if self.has_bias:
+                out[:, dw] += y.reshape(y.shape[0], k * b, -1).sum(dim=(0, 2))
+        return out.view(k, b, d).permute(1, 2, 0)
+
+    def _depthwise_term(self, t: torch.Tensor, part: slice, neurons: torch.Tensor, full: bool) -> torch.Tensor:
+        """``c sigma'(u) * dwconv^T(w' * dwconv(c sigma'(u) * t))``: term 2's output gradient."""
+        n, k, b = t.shape[:3]
+        slopes = (self.slopes[part] if full else self.slopes[part][:, neurons]).unsqueeze(1)
+        weights2 = self.weights2[part] if full else self.weights2[part][:, neurons]
+        kernel = self.kernel[neurons].repeat(k, 1, 1, 1)  # [k b, 1, kh, kw]
+        stride, padding, dilation = self.dw_geometry
+        z = (t * slopes).view(n, k * b, *t.shape[3:])
+        jv = F.conv2d(z, kernel, None, stride, padding, dilation, groups=k * b)  # J^T v at every position q
+        r = (jv.view(n, k, b, *jv.shape[2:]) * weights2.unsqueeze(1)).view_as(jv)
+        back = torch.nn.grad.conv2d_input(z.shape, kernel, r, stride, padding, dilation, groups=k * b)
+        return back.view_as(t) * slopes
+
+
+class FastLayerData:
+    """Accumulates one layer's data over the batches of :func:`compute_splitting` (no ``d x d`` matrix).
+
+    Buffers for all ``total`` samples are allocated at the first batch and filled in place, so the
+    peak is the data itself: ``N * (C H W + O H' W')`` elements (plus ``2 O Q`` with a depthwise conv).
+    """
+
+    def __init__(self, group, modules: Dict[str, nn.Module], spec, spec2, total: int,
+                 chunk_elements: int = FAST_DEFAULTS["chunk_elements"]):
+        self.group, self.modules, self.spec, self.spec2, self.total = group, modules, spec, spec2, total
+        self.layer = modules[group.layer]
+        self.chunk_elements = chunk_elements
+        self.filled = 0
+        self.buffers: Dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def estimate_bytes(group, nodes: Dict[str, "torch.fx.Node"], modules: Dict[str, nn.Module], total: int,
+                       element_bytes: int) -> int:
+        """Bytes the cached data of ``group`` will take for ``total`` samples (from the traced shapes)."""
+        def per_sample(name: Optional[str]) -> int:
+            meta = nodes[name].meta.get("tensor_meta") if name else None
+            shape = tuple(getattr(meta, "shape", ()))
+            return math.prod(shape[1:]) if len(shape) > 1 else 0
+
+        elements = per_sample(group.input_node) + per_sample(group.preactivation_node)
+        if group.depthwise_activation_node:
+            elements += per_sample(group.preactivation_node) + per_sample(group.depthwise_preactivation_node)
+        return total * elements * element_bytes
+
+    def _store(self, key: str, value: torch.Tensor, batch: int) -> None:
+        if key not in self.buffers:
+            self.buffers[key] = torch.zeros(self.total, *value.shape[1:], dtype=value.dtype, device=value.device)
+        self.buffers[key][self.filled:self.filled + batch] = value
+
+    def add(self, values: Dict[str, torch.Tensor], gradients: Dict[str, Optional[torch.Tensor]], batch_size: int) -> None:
+        """Append one batch: ``values``/``gradients`` as recorded by ``compute_splitting``'s pass."""
+        group = self.group
+        x = values[group.input_node]
+        u = values[group.preactivation_node]
+        n, channels = u.shape[:2]
+        share = batch_size / self.total  # the batch's weight in the mean over all samples
+        scale = batchnorm_scale(self.modules.get(group.pre_bn) if group.pre_bn else None, channels, u)
+        scale = scale.view(1, channels, *([1] * (u.dim() - 2)))
+        gradient = gradients[group.activation_node]
+        # w_{n,j,p} = dL/da_{j,p} * sigma''(u_{j,p}) * c_j^2                         (eq. 3, term 1)
+        weights = torch.zeros_like(u) if gradient is None else gradient.detach() * self.spec.second(u) * scale ** 2 * share
+        self._store("inputs", x, n)
+        self._store("weights", weights, n)
+        if group.depthwise_activation_node and gradients.get(group.depthwise_activation_node) is not None:
+            u2 = values[group.depthwise_preactivation_node]
+            scale2 = batchnorm_scale(self.modules.get(group.depthwise_bn) if group.depthwise_bn else None, channels, u2)
+            scale2 = scale2.view(1, channels, 1, 1)
+            g2 = gradients[group.depthwise_activation_node].detach()
+            # w'_{n,j,q} = dL/db_{j,q} * sigma_2''(u'_{j,q}) * c'_j^2; slopes c_j sigma'(u) build J^T v (term 2)
+            self._store("weights2", g2 * self.spec2.second(u2) * scale2 ** 2 * share, n)
+            self._store("slopes", self.spec.first(u) * scale, n)
+        self.filled += n
+
+    def operator(self) -> SplittingOperator:
+        """The :class:`SplittingOperator` over everything added (call after the last batch)."""
+        if self.filled != self.total:
+            raise ValueError(f"{self.group.layer}: {self.filled} samples recorded, expected {self.total}")
+        depthwise = self.modules[self.group.depthwise] if "weights2" in self.buffers else None
+        return SplittingOperator(self.layer, self.buffers["inputs"], self.buffers["weights"], depthwise,
+                                 self.buffers.get("slopes"), self.buffers.get("weights2"), self.chunk_elements)
+
+
+# ---------------------------------------------------------------------------------------------- solver
+
+
+def _rayleigh_ritz(z: torch.Tensor, sz: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rayleigh-Ritz of ``S`` on the span of ``z`` ``[B, d, m]`` (given ``sz = S z``), in float64.
+
+    The Gram matrix ``z^T z`` is whitened by its eigendecomposition; directions whose Gram eigenvalue
+    is below ``1e3 * eps`` of the largest (near-dependent columns) get a huge Ritz value so they are
+    never chosen. Returns the coefficients ``[B, m, k]`` of the ``k`` smallest Ritz vectors, their Ritz
+    values ``[B, k]`` and the largest genuine Ritz value ``[B]``.
+    """
+    zd, szd = z.double(), sz.double()
+    gram = zd.transpose(1, 2) @ zd
+    a = zd.transpose(1, 2) @ szd
+    a = 0.5 * (a + a.transpose(1, 2))
+    s, u = torch.linalg.eigh(gram)
+    keep = s > 1e3 * torch.finfo(z.dtype).eps * s[:, -1:]
+    basis = u * torch.where(keep, s.clamp_min(1e-300).rsqrt(), torch.zeros_like(s)).unsqueeze(1)
+    reduced = basis.transpose(1, 2) @ a @ basis
+    reduced = 0.5 * (reduced + reduced.transpose(1, 2))
+    top = reduced.abs().amax(dim=(1, 2)) * reduced.shape[1] + 1.0
+    reduced = reduced + torch.diag_embed(torch.where(keep, torch.zeros_like(s), 10 * top.unsqueeze(1)))
+    theta, c = torch.linalg.eigh(reduced)
+    largest = torch.where(keep.sum(1) > 0, theta.gather(1, (keep.sum(1, keepdim=True) - 1).clamp_min(0)).squeeze(1),
+                          torch.zeros_like(theta[:, 0]))
+    return (basis @ c[:, :, :k]).to(z.dtype), theta[:, :k], largest
+
+
+def lobpcg_min(matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num: int, dim: int, *,
+               dtype: torch.dtype, device: torch.device, block: int = FAST_DEFAULTS["block"],
+               tol: float = FAST_DEFAULTS["tol"], max_iter: int = FAST_DEFAULTS["max_iter"],
+               min_iter: int = FAST_DEFAULTS["min_iter"], seed: int = FAST_DEFAULTS["seed"]
+               ) -> Tuple[torch.Tensor, torch.Tensor, dict]:
+    """Smallest eigenpair of ``num`` symmetric ``dim x dim`` operators at once, by batched LOBPCG.
+
+    Parameters
+    ----------
+    matvec : callable
+        ``matvec(V [B, dim, k], indices [B]) -> [B, dim, k]``: operator ``indices[b]`` applied to ``V[b]``.
+    num, dim : int
+        Number of operators and their size.
+    block : int
+        Vectors per operator (``k``); more vectors converge in fewer iterations but each costs a product.
+    tol : float
+        Operator ``j`` has converged when ``||S_j x - theta x|| <= tol * ||S_j||_est`` (``||S_j||_est``
+        = the largest ``|Ritz value|`` seen). Then ``theta - lambda_min ~ ||r||^2 / gap`` and
+        ``sin angle(x, v_min) <= ||r|| / gap``.
+    max_iter : int
+        Iterations at most; operators not converged by then keep their best Ritz pair (and are counted).
+    min_iter : int
+        Iterations before an operator may stop. From a random start the component along ``v_min`` is
+        ~``1/sqrt(dim)``: when ``|lambda_min|`` is small next to ``||S_j||`` the start's residual can
+        already be below ``tol`` while the Ritz value sits in the cluster near 0; a few iterations
+        amplify that component first.
+    seed : int
+        Seed of the random start (drawn on ``device``: the start, hence the last digits, depend on the device).
+
+    Returns
+    -------
+    eigenvalues : Tensor ``[num]`` (``dtype``), eigenvectors : Tensor ``[num, dim]`` (unit norm), report : dict
+        ``iterations`` (most used by one operator), ``mean_iterations``, ``matvecs`` (vector products
+        per operator, mean), ``converged`` / ``num``, ``stalled`` (stopped above ``tol`` because the
+        residual no longer decreased: the rounding floor of float32 products), ``max_relative_residual``,
+        ``seconds``.
+    """
+    k = max(1, min(block, dim))
+    small = 10 * math.sqrt(torch.finfo(dtype).eps)  # a P column shorter than this is dropped
+    started = time.perf_counter()
+    # The random start is drawn on the device (drawing it on the CPU and copying took a quarter of a
+    # VGG19 phase on an H200); Rayleigh-Ritz whitens it, so unit columns are enough.
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(num, dim, k, generator=generator, dtype=dtype, device=device)
+    x = x / x.norm(dim=1, keepdim=True)
+    active = torch.arange(num, device=device)
+    sx = matvec(x, active)
+    coeffs, theta, largest = _rayleigh_ritz(x, sx, k)
+    x, sx = x @ coeffs, sx @ coeffs
+    scale = torch.maximum(theta.abs().amax(1), largest.abs())
+    p = sp = None
+    values = torch.zeros(num, dtype=torch.float64, device=device)
+    vectors = torch.zeros(num, dim, dtype=dtype, device=device)
+    iterations = torch.zeros(num, dtype=torch.long, device=device)
+    residuals = torch.zeros(num, dtype=torch.float64, device=device)
+    stalled = torch.zeros(num, dtype=torch.bool, device=device)
+    best = torch.full((num,), math.inf, dtype=torch.float64, device=device)  # of the active neurons
+    since = torch.zeros(num, dtype=torch.long, device=device)  # iterations since best improved by 10%
+    products = torch.full((num,), k, dtype=torch.long, device=device)
+    for iteration in range(max_iter + 1):
+        r = sx - x * theta.to(dtype).unsqueeze(1)
+        relative = r[:, :, 0].double().norm(dim=1) / scale.clamp_min(torch.finfo(torch.float64).tiny)
+        improved = relative < 0.9 * best
+        best = torch.where(improved, relative, best)
+        since = torch.where(improved, torch.zeros_like(since), since + 1)
+        stuck = since >= _PATIENCE  # at the precision floor of the products (float32): stop
+        done = ((relative <= tol) | stuck) & (iteration >= min_iter)
+        if iteration == max_iter:
+            done = torch.ones_like(done)
+        if done.any():
+            finished = active[done]
+            values[finished] = theta[done, 0]
+            vectors[finished] = x[done, :, 0]
+            iterations[finished] = iteration
+            residuals[finished] = relative[done]
+            stalled[finished] = stuck[done] & (relative[done] > tol)
+            keep = ~done
+            best, since = best[keep], since[keep]
+            active, x, sx, r, theta, scale = active[keep], x[keep], sx[keep], r[keep], theta[keep], scale[keep]
+            if p is not None:
+                p, sp = p[keep], sp[keep]
+        if active.numel() == 0:
+            break
+        # W = the residuals, orthogonalized against X (twice), normalized: the new search directions.
+        w = r - x @ (x.transpose(1, 2) @ r)
+        w = w - x @ (x.transpose(1, 2) @ w)
+        w = w / w.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+        sw = matvec(w, active)
+        products[active] += k
+        z = torch.cat([x, w] if p is None else [x, w, p], dim=2)
+        sz = torch.cat([sx, sw] if p is None else [sx, sw, sp], dim=2)
+        coeffs, theta, largest = _rayleigh_ritz(z, sz, k)
+        scale = torch.maximum(scale, largest.abs())
+        x, sx = z @ coeffs, sz @ coeffs
+        # P = the W and P components of the new X: the "conjugate" direction of LOBPCG. Where it is
+        # tiny, S P (updated implicitly) is dominated by rounding: drop it (a zero column is whitened out).
+        p, sp = z[:, :, k:] @ coeffs[:, k:], sz[:, :, k:] @ coeffs[:, k:]
+        norms = p.norm(dim=1, keepdim=True)
+        usable = norms > small
+        p = torch.where(usable, p / norms.clamp_min(small), torch.zeros_like(p))
+        sp = torch.where(usable, sp / norms.clamp_min(small), torch.zeros_like(sp))
+    converged = int((residuals <= tol).sum())
+    report = {"iterations": int(iterations.max()) if num else 0,
+              "mean_iterations": float(iterations.double().mean()) if num else 0.0,
+              "matvecs": float(products.double().mean()) if num else 0.0,
+              "converged": converged, "stalled": int(stalled.sum()), "num": num, "block": k, "tol": tol,
+              "max_relative_residual": float(residuals.max()) if num else 0.0,
+              "seconds": time.perf_counter() - started}
+    if converged < num:
+        logger.warning("LOBPCG: %d of %d neurons not converged to tol=%g in %d iterations (%d stopped improving; "
+                       "largest relative residual %.3g); their best estimates are used", num - converged, num, tol,
+                       max_iter, report["stalled"], report["max_relative_residual"])
+    return values.to(dtype), vectors / vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny), report
+
+
+@contextmanager
+def full_precision():
+    """Turn TF32 off for cuDNN convolutions and cuBLAS products (restored on exit).
+
+    With TF32 (PyTorch's default for cuDNN convolutions) products ``S v`` carry ~1e-3 relative
+    errors, about the solver's tolerance: LOBPCG's implicit ``S X`` / ``S P`` updates then drift.
+    """
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+def solve_min_eigenpairs(operator: SplittingOperator, tol: float = FAST_DEFAULTS["tol"],
+                         max_iter: int = FAST_DEFAULTS["max_iter"], block: int = FAST_DEFAULTS["block"],
+                         seed: int = FAST_DEFAULTS["seed"], chunk_elements: Optional[int] = None,
+                         min_iter: int = FAST_DEFAULTS["min_iter"]
+                         ) -> Tuple[torch.Tensor, torch.Tensor, dict]:
+    """Splitting indexes and gradients of every neuron of ``operator``'s layer (``[O]``, ``[O, d]``, report)."""
+    if chunk_elements is not None:
+        operator.chunk_elements = chunk_elements
+    with full_precision():
+        values, vectors, report = lobpcg_min(operator.matvec, operator.num_neurons, operator.dim, dtype=operator.dtype,
+                                             device=operator.device, block=block, tol=tol, max_iter=max_iter,
+                                             min_iter=min(min_iter, max_iter), seed=seed)
+    logger.info("fast splitting: %d neurons, d=%d: %d/%d converged, %d iterations at most (%.1f mean), "
+                "%.1f products per neuron, %.2f s", report["num"], operator.dim, report["converged"], report["num"],
+                report["iterations"], report["mean_iterations"], report["matvecs"], report["seconds"])
+    return values, vectors, report
