@@ -7,6 +7,10 @@
     experiment by its id.
 ``nni-splitting show --port 8080``
     Print the lineage table of a running experiment.
+``nni-splitting compare --config experiments/compare_digits.yml``
+    Splitting and its baselines as one experiment (:mod:`nni_splitting.compare`).
+``nni-splitting report ID [ID ...]``
+    CSV / Markdown / PNG of comparison experiments from NNI's records (:mod:`nni_splitting.report`).
 ``nni-splitting register``
     ``nnictl algo register --meta nni_splitting/registration.yml``: configs may then say
     ``tuner: {name: Splitting}``.
@@ -124,7 +128,15 @@ def _register(args) -> int:
 
 def main(argv=None) -> int:
     """Entry point of ``nni-splitting`` / ``python -m nni_splitting``."""
-    parser = argparse.ArgumentParser(prog="nni-splitting", description="Splitting steepest descent with NNI.")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("compare", "report"):  # comparison commands have their own parsers
+        if argv[0] == "compare":
+            from . import compare
+            return compare.main(argv[1:])
+        from . import report
+        return report.main(argv[1:])
+    parser = argparse.ArgumentParser(prog="nni-splitting", description="Splitting steepest descent with NNI.",
+                                     epilog="also: compare --config CONFIG, report ID [ID ...] (see their -h)")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="start an experiment, wait, print the lineage, stop it")
     run.add_argument("--config", required=True, help="NNI config, e.g. experiments/digits.yml")

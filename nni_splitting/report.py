@@ -1,0 +1,275 @@
+"""Results of comparison experiments from NNI's own records: ``nni-splitting report ID [ID ...]``.
+
+Reads every trial of the given experiments through NNI's REST API (``trial-jobs`` with their final
+metrics; nothing from private files) and writes, into ``--out`` (default ``results/``):
+
+* ``results.csv``: one row per trial (arm, method, seed, step, params, flops, params_ratio,
+  accuracy = test accuracy, val_accuracy, epochs, wall_time, experiment_id, trial_id, status, widths);
+* ``results.md``: mean +- standard deviation over seeds per arm and step;
+* ``compare.png``: test accuracy against parameter ratio and against FLOPs, one curve per arm
+  (the layout of the paper's Fig. 3).
+
+A running experiment is read on its port (``--port``); a stopped one is served for the time of
+reading by ``nnictl view ID --port P`` and then stopped again (``--workdir`` when it was created
+with ``experimentWorkingDirectory``).  Trials of the plain splitting tuner count as arm
+``splitting``; trials of the HPO width search (``experiments/compare_digits_nas.yml``) as ``width``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+__all__ = ["COLUMNS", "rows_from_rest", "rows_from_trials", "read_experiment", "aggregate", "write_csv",
+           "write_markdown", "plot", "write_outputs", "markdown_summary", "main"]
+
+COLUMNS = ["arm", "method", "seed", "step", "params", "flops", "params_ratio", "flops_ratio", "accuracy",
+           "val_accuracy", "epochs", "wall_time", "experiment_id", "trial_id", "status", "widths"]
+ARM_ORDER = ["splitting", "l1", "slim", "fpgm", "taylor", "bn_slim", "random_split", "new_neurons", "scratch",
+             "uniform", "width", "full"]
+
+
+def rows_from_trials(trials: Iterable[Dict[str, Any]], experiment_id: str) -> List[Dict[str, Any]]:
+    """Rows of :data:`COLUMNS` from :func:`nni_splitting.experiment.read_trials` entries (finished trials only)."""
+    rows = []
+    for trial in trials:
+        result = trial.get("result")
+        if not isinstance(result, dict):
+            continue
+        params = trial.get("parameters") or {}
+        arm = result.get("arm") or ("splitting" if result.get("method") == "splitting" else
+                                    ("width" if any(str(k).startswith("mult_") for k in params) else "unknown"))
+        rows.append({
+            "arm": arm, "method": result.get("method", arm), "seed": result.get("seed", params.get("seed", "")),
+            "step": result.get("step", ""), "params": result.get("params"), "flops": result.get("flops"),
+            "params_ratio": result.get("params_ratio"), "flops_ratio": result.get("flops_ratio"),
+            "accuracy": result.get("default"), "val_accuracy": result.get("val_accuracy"),
+            "epochs": result.get("epochs", params.get("epochs", "")),
+            "wall_time": result.get("wall_time", result.get("seconds", "")),
+            "experiment_id": experiment_id, "trial_id": trial.get("id"), "status": trial.get("status"),
+            "widths": result.get("widths", ""),
+        })
+    return rows
+
+
+def rows_from_rest(base: str, experiment_id: str) -> List[Dict[str, Any]]:
+    """Rows of every finished trial of the experiment answering at ``base`` (REST ``trial-jobs``)."""
+    from .experiment import read_trials
+    return rows_from_trials(read_trials(base), experiment_id)
+
+
+def _experiment_ports() -> Dict[str, int]:
+    """``{id: port}`` of running experiments, from ``nnictl experiment list``."""
+    from .experiment import _nnictl
+    proc = _nnictl(["experiment", "list"], check=False)
+    ports = {}
+    for block in re.split(r"\n\s*\n", proc.stdout):
+        ident = re.search(r"Id:\s*(\S+)", block)
+        port = re.search(r"Port:\s*(\d+)", block)
+        if ident and port:
+            ports[ident.group(1)] = int(port.group(1))
+    return ports
+
+
+def read_experiment(experiment_id: str, port: Optional[int] = None, workdir: Optional[str] = None,
+                    timeout: float = 60) -> List[Dict[str, Any]]:
+    """Rows of one experiment: on ``port`` if given or running, else through ``nnictl view`` (stopped after)."""
+    from . import experiment as ex
+    if port is None:
+        port = _experiment_ports().get(experiment_id)
+    if port is not None:
+        return rows_from_rest(ex.rest_url(port), experiment_id)
+    if workdir and not (Path(workdir).expanduser() / experiment_id).is_dir():
+        raise RuntimeError(f"no experiment {experiment_id} in {workdir}")
+    port = ex.free_port(8600)
+    args = ["view", experiment_id, "--port", str(port)]
+    if workdir:
+        args += ["--experiment_dir", str(Path(workdir).expanduser().resolve())]
+    proc = ex._nnictl(args, check=False, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nnictl view {experiment_id} failed: {proc.stdout}\n{proc.stderr}")
+    base = ex.rest_url(port)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                ex.status(base)
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        return rows_from_rest(base, experiment_id)
+    finally:
+        ex.stop(experiment_id)
+
+
+def _num(value) -> Optional[float]:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _mean_std(values: List[float]):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def _arm_key(arm: str):
+    return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm)
+
+
+def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Mean and standard deviation over seeds per (arm, step) (width search: per trial)."""
+    groups: Dict[tuple, List[dict]] = defaultdict(list)
+    for row in rows:
+        if _num(row.get("accuracy")) is None:
+            continue
+        key = (row["arm"], row["step"]) if row["arm"] != "width" else (row["arm"], row["trial_id"])
+        groups[key].append(row)
+    out = []
+    for (arm, step), members in groups.items():
+        summary = {"arm": arm, "method": members[0].get("method"), "step": step, "n": len(members)}
+        for column in ("accuracy", "params_ratio", "params", "flops", "epochs", "wall_time", "val_accuracy"):
+            summary[column], summary[column + "_std"] = _mean_std([_num(m.get(column)) for m in members])
+        out.append(summary)
+    out.sort(key=lambda s: (_arm_key(s["arm"]), s["params_ratio"] or 0))
+    return out
+
+
+def write_csv(rows: List[Dict[str, Any]], path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in sorted(rows, key=lambda r: (_arm_key(r["arm"]), str(r["seed"]), _num(r.get("params")) or 0)):
+            writer.writerow(row)
+    return path
+
+
+def _fmt(value, digits=4):
+    return "" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+def markdown_summary(rows: List[Dict[str, Any]]) -> str:
+    """Markdown table of :func:`aggregate` (accuracy in %, mean +- std over seeds)."""
+    lines = ["| arm | method | step | params ratio (%) | params | MFLOPs | test acc. (%) | n | epochs | wall time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    def f(value, scale=1.0, digits=1):
+        return "" if value is None else f"{value * scale:.{digits}f}"
+
+    for s in aggregate(rows):
+        acc = f"{100 * s['accuracy']:.2f} ± {100 * (s['accuracy_std'] or 0):.2f}"
+        lines.append(f"| {s['arm']} | {s['method']} | {s['step']} | {f(s['params_ratio'], 100, 2)} | "
+                     f"{f(s['params'], 1, 0)} | {f(s['flops'], 1e-6, 4)} | {acc} | {s['n']} | {f(s['epochs'])} | "
+                     f"{f(s['wall_time'], 1, 0)} |")
+    return "\n".join(lines)
+
+
+def write_markdown(rows: List[Dict[str, Any]], path, title: str = "") -> Path:
+    path = Path(path)
+    ids = sorted({r["experiment_id"] for r in rows})
+    text = (f"# Comparison{': ' + title if title else ''}\n\nExperiments: {', '.join(ids)}; "
+            f"{len(rows)} trials. Test accuracy, mean ± standard deviation over seeds (n).\n\n"
+            f"{markdown_summary(rows)}\n")
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def plot(rows: List[Dict[str, Any]], path, title: str = "") -> Path:
+    """Accuracy vs parameter ratio and vs FLOPs, one curve per arm (mean +- std over seeds)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = aggregate(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    arms = sorted({s["arm"] for s in summary}, key=_arm_key)
+    markers = "o^sv<>Dpx*h+"
+    for i, arm in enumerate(arms):
+        points = sorted((s for s in summary if s["arm"] == arm), key=lambda s: s["params_ratio"] or 0)
+        if arm == "full":
+            for ax in axes:
+                ax.axhline(100 * points[0]["accuracy"], color="gray", ls="--", lw=1,
+                           label=f"full width ({100 * points[0]['accuracy']:.1f}%)")
+            continue
+        style = dict(marker=markers[i % len(markers)], capsize=2, label=arm,
+                     lw=2.5 if arm == "splitting" else 1.2, ls="" if arm == "width" else "-",
+                     color="black" if arm == "splitting" else None, zorder=3 if arm == "splitting" else 2)
+        acc = [100 * s["accuracy"] for s in points]
+        err = [100 * (s["accuracy_std"] or 0) for s in points]
+        axes[0].errorbar([100 * s["params_ratio"] for s in points], acc, yerr=err, **style)
+        axes[1].errorbar([s["flops"] / 1e6 for s in points], acc, yerr=err, **style)
+    axes[0].set_xlabel("parameters (% of the full-width model)")
+    axes[1].set_xlabel("MFLOPs (multiply-adds)")
+    from matplotlib.ticker import FuncFormatter
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}" if str(f"{x:g}")[0] in "1235" else ""))
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(rows: List[Dict[str, Any]], out, title: str = "", prefix: str = "") -> Dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return {"csv": write_csv(rows, out / f"{prefix}results.csv"),
+            "md": write_markdown(rows, out / f"{prefix}results.md", title),
+            "png": plot(rows, out / f"{prefix}compare.png", title)}
+
+
+def main(argv=None) -> int:
+    """``nni-splitting report ID [ID ...] [--out results] [--port P] [--workdir DIR]``."""
+    parser = argparse.ArgumentParser(prog="nni-splitting report",
+                                     description="CSV, Markdown and PNG of comparison experiments from NNI's records.")
+    parser.add_argument("experiments", nargs="+", help="experiment ids (several: one table and one plot)")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--port", type=int, help="port of a running experiment (only with one id)")
+    parser.add_argument("--workdir", help="experimentWorkingDirectory the experiments were created with")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args(argv)
+    rows = []
+    for experiment_id in args.experiments:
+        try:
+            got = read_experiment(experiment_id, port=args.port if len(args.experiments) == 1 else None,
+                                  workdir=args.workdir)
+        except Exception as error:
+            print(f"nni-splitting report: cannot read {experiment_id}: {error}", file=sys.stderr)
+            return 1
+        print(f"{experiment_id}: {len(got)} finished trials")
+        rows += got
+    if not rows:
+        print("nni-splitting report: no finished trial with a result", file=sys.stderr)
+        return 1
+    paths = write_outputs(rows, args.out, args.title or ", ".join(args.experiments))
+    print(markdown_summary(rows))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

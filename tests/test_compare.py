@@ -1,0 +1,174 @@
+"""The comparison experiment through nnictl (tiny: 1 seed, seed + 1 growth step, 2 pruners), and the
+``report`` command reading it back from NNI's records (REST of the running experiment, then
+``nnictl view`` of the stopped one).  About 2-3 minutes on 2 CPU cores.
+
+Every experiment is stopped by id in a ``finally``.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nni_splitting import experiment as ex
+from nni_splitting.compare import CompareTuner
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "experiments" / "compare_digits.yml"
+FLAT = ("arm", "method", "params", "flops", "params_ratio", "epochs", "wall_time", "seed", "default")
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "nni_splitting", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=ex.venv_env())
+
+
+def _tiny_config(folder: Path) -> Path:
+    config = ex.load_config(CONFIG)
+    config["experimentWorkingDirectory"] = str(folder / "nni")
+    config["maxExperimentDuration"] = "10m"
+    args = config["tuner"]["classArgs"]
+    args.update(max_steps=1, beam=1, pruners=["l1", "taylor"], full_epochs=2, finetune_epochs=1,
+                prune_training_steps=10)
+    args["trial"].update(epochs=2, split_batches=2, num_threads=1)
+    return ex.write_config(config, folder / "compare-tiny.yml")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("compare")
+    path = _tiny_config(folder)
+    port = ex.free_port(start=21000 + os.getpid() % 20000)
+    experiment_id = None
+    try:
+        for attempt in range(3):  # nnictl gives NNI's manager ~3 s to answer: too short on a busy machine
+            proc = _cli("compare", "--config", str(path), "--port", str(port), "--keep", "--out",
+                        str(folder / "out"), "--timeout", "400")
+            output = proc.stdout + proc.stderr
+            match = re.search(r"experiment (\w+) started", output)
+            experiment_id = match.group(1) if match else None
+            # On a busy machine NNI may also give up on the tuner ("Tuner did not connect in 10 seconds",
+            # the experiment turns ERROR before any trial): stop it and try again.
+            if experiment_id and "ERROR: no trial yet" in output:
+                ex.stop(experiment_id)
+                experiment_id = None
+            elif experiment_id or "check-status" not in output:
+                break
+            port = ex.free_port(start=port + 2)
+        assert proc.returncode == 0, output[-3000:]
+        yield {"id": experiment_id, "port": port, "folder": folder, "output": output}
+    finally:
+        if experiment_id:
+            ex.stop(experiment_id)
+
+
+def test_bad_compare_class_args_refused(tmp_path):
+    config = ex.load_config(CONFIG)
+    config["tuner"]["classArgs"]["pruners"] = ["l1", "nope"]
+    path = ex.write_config(config, tmp_path / "bad.yml")
+    proc = _cli("compare", "--config", str(path), timeout=120)
+    assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+def test_tuner_emits_every_arm_per_ratio(tmp_path):
+    tuner = CompareTuner(max_steps=1, beam=1, pruners=["l1"], arms=["pruning", "random_split", "scratch", "uniform"],
+                         seed_widths=[2, 4, 8], trial={"epochs": 1})
+    tuner.end_hook = None
+    sent = tuner.generate_multiple_parameters([0, 1, 2])
+    assert sorted(p["arm"] for p in sent) == ["full", "splitting"]
+    seed = next(p for p in sent if p["arm"] == "splitting")
+    full = next(p for p in sent if p["arm"] == "full")
+    tuner.receive_trial_result(1, full, {"default": 0.9, "node": full["node_id"], "params": 1000, "epochs": 3,
+                                         "wall_time": 5.0, "checkpoint": "/x/full.pt"})
+    assert not tuner.finished
+    # the seed trial: index file with one negative index per layer
+    import json
+    info = {"widths": [2, 4, 8], "width_layers": ["a", "b", "c"], "eigenvalues": {"a": [-1, 0.1], "b": [0.1] * 4,
+                                                                                    "c": [0.2] * 8}}
+    (tmp_path / "s.json").write_text(json.dumps(info))
+    tuner.receive_trial_result(0, seed, {"default": 0.5, "node": seed["node_id"], "params": 10, "epochs": 1,
+                                         "wall_time": 1.0, "widths": "2,4,8", "indexes": str(tmp_path / "s.json")})
+    child = tuner.generate_multiple_parameters([3])[0]
+    assert child["arm"] == "splitting" and child["step"] == 1 and child["ancestor_epochs"] == 1
+    info1 = dict(info, widths=[3, 4, 8], eigenvalues={"a": [0.1] * 3, "b": [0.1] * 4, "c": [0.2] * 8})
+    (tmp_path / "c.json").write_text(json.dumps(info1))
+    tuner.receive_trial_result(3, child, {"default": 0.6, "node": child["node_id"], "params": 20, "epochs": 2,
+                                          "wall_time": 2.0, "widths": "3,4,8", "indexes": str(tmp_path / "c.json")})
+    arms = tuner.generate_multiple_parameters(list(range(10, 30)))
+    got = sorted((p["arm"], p["step"]) for p in arms)
+    assert got == [("l1", 0), ("l1", 1), ("random_split", 1), ("scratch", 1), ("uniform", 0), ("uniform", 1)]
+    l1 = next(p for p in arms if p["arm"] == "l1" and p["step"] == 1)
+    assert l1["full_checkpoint"] == "/x/full.pt" and abs(l1["target_ratio"] - 0.02) < 1e-9 and l1["prior_epochs"] == 3
+    rs = next(p for p in arms if p["arm"] == "random_split")
+    assert rs["split_counts"] == [{"a": 1}] and rs["widths_seed"] == [2, 4, 8]
+    assert next(p for p in arms if p["arm"] == "scratch")["widths"] == [3, 4, 8]
+    for i, p in enumerate(arms):
+        tuner.receive_trial_result(10 + i, p, {"default": 0.5, "node": p["node_id"]})
+    assert tuner.finished
+
+
+def test_compare_experiment_has_flat_columns(tiny):
+    base = ex.rest_url(tiny["port"])
+    assert ex.status(base)["status"] == "DONE", tiny["output"][-2000:]
+    trials = ex.read_trials(base)
+    results = [t["result"] for t in trials if t["status"] == "SUCCEEDED"]
+    assert len(results) == len(trials) == 12, [(t["id"], t["status"]) for t in trials]
+    for result in results:
+        assert all(k in result for k in FLAT), result
+        assert all(not isinstance(v, (dict, list)) for v in result.values()), result  # flat for the dashboard
+    arms = sorted(r["arm"] for r in results)
+    assert arms == sorted(["splitting", "splitting", "full", "l1", "l1", "taylor", "taylor", "random_split",
+                           "new_neurons", "scratch", "uniform", "uniform"])
+    full = next(r for r in results if r["arm"] == "full")
+    split = {r["step"]: r for r in results if r["arm"] == "splitting"}
+    for r in results:
+        if r["arm"] in ("l1", "taylor"):  # pruned to the lineage's ratio; the full pre-training is counted
+            assert abs(r["params"] - split[r["step"]]["params"]) <= 0.25 * split[r["step"]]["params"] + 60
+            assert r["epochs"] >= full["epochs"] + 1
+    assert split[1]["epochs"] == 4 and split[1]["wall_time"] > split[0]["wall_time"]
+
+
+def test_report_reads_the_experiment(tiny):
+    out = tiny["folder"] / "report"
+    proc = _cli("report", tiny["id"], "--port", str(tiny["port"]), "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12 and {r["trial_id"] for r in rows} == {t["id"] for t in ex.read_trials(ex.rest_url(tiny["port"]))}
+    assert {r["experiment_id"] for r in rows} == {tiny["id"]}
+    assert (out / "compare.png").stat().st_size > 10_000 and "| splitting |" in (out / "results.md").read_text()
+    # the compare command itself wrote the same from REST
+    assert (tiny["folder"] / "out" / "results.csv").exists()
+
+
+def test_report_of_a_stopped_experiment_through_nnictl_view(tiny):
+    assert ex.stop(tiny["id"])
+    out = tiny["folder"] / "viewed"
+    proc = _cli("report", tiny["id"], "--workdir", str(tiny["folder"] / "nni"), "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(out / "results.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 12
+
+
+@pytest.mark.parametrize("name", ["compare_digits.yml", "compare_cifar_mobilenet.yml", "compare_cifar_vgg19.yml"])
+def test_compare_configs_build_the_tuner(name):
+    config = ex.load_config(ROOT / "experiments" / name)
+    assert config["trialCommand"].startswith("python -m nni_splitting.arms")
+    tuner = CompareTuner(**config["tuner"]["classArgs"])
+    tuner.end_hook = None
+    assert tuner.args.beam >= 1 and tuner.pruners
+
+
+def test_width_search_config_reads_the_search_space():
+    from nni_splitting.arms import _resolve
+    from nni_splitting.baselines import widths_from_params
+
+    config = ex.load_config(ROOT / "experiments" / "compare_digits_nas.yml")
+    assert Path(config["searchSpaceFile"]).exists() and "nni_splitting.arms" in config["trialCommand"]
+    params = _resolve({"mult_0": 0.25, "mult_1": 0.5, "mult_2": 1.0}, {"arm": "width", "epochs": 1})
+    assert widths_from_params("small_cnn", params) == [8, 32, 128]

@@ -1,0 +1,64 @@
+"""``nni_splitting.report`` on synthetic NNI records (the real-experiment path is in tests/test_compare.py:
+``test_report_reads_the_experiment`` (REST of a running experiment) and
+``test_report_of_a_stopped_experiment_through_nnictl_view``).  A few seconds."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from nni_splitting import report
+
+
+def _trials():
+    trials = []
+    for seed in (0, 1, 2):
+        for arm, method in (("splitting", "splitting"), ("l1", "pruning"), ("uniform", "width")):
+            for step, params in ((0, 500), (1, 1000)):
+                trials.append({"id": f"{arm}{seed}{step}", "status": "SUCCEEDED", "parameters": {"arm": arm},
+                               "result": {"default": 0.5 + 0.1 * step + 0.01 * seed + (0.05 if arm == "splitting" else 0),
+                                          "val_accuracy": 0.6, "arm": arm, "method": method, "seed": seed,
+                                          "step": step, "params": params, "flops": params * 20,
+                                          "params_ratio": params / 94186, "flops_ratio": 0.01, "epochs": 6 * (step + 1),
+                                          "wall_time": 10.0 * (step + 1)}})
+    trials.append({"id": "full0", "status": "SUCCEEDED", "parameters": {},
+                   "result": {"default": 0.98, "arm": "full", "method": "full", "seed": 0, "step": 0, "params": 94186,
+                              "flops": 2.4e6, "params_ratio": 1.0, "epochs": 6, "wall_time": 9.0}})
+    trials.append({"id": "failed", "status": "FAILED", "parameters": {"arm": "l1"}, "result": None})
+    # a plain splitting-tuner trial (no arm) and a width-search trial (mult_<i> parameters)
+    trials.append({"id": "plain", "status": "SUCCEEDED", "parameters": {"node_id": "x"},
+                   "result": {"default": 0.7, "method": "splitting", "step": 2, "params": 2000, "flops": 1,
+                              "params_ratio": 0.02, "seconds": 3.0}})
+    trials.append({"id": "tpe", "status": "SUCCEEDED", "parameters": {"mult_0": 0.25, "mult_1": 0.5, "mult_2": 1},
+                   "result": {"default": 0.9, "arm": "width", "method": "width_search", "params": 30000,
+                              "flops": 1e6, "params_ratio": 0.3, "epochs": 18, "wall_time": 4.0}})
+    return trials
+
+
+def test_rows_one_per_finished_trial_with_columns(tmp_path):
+    rows = report.rows_from_trials(_trials(), "EXP")
+    assert len(rows) == 21  # 18 arm trials + full + plain splitting + width search; the failed one has no result
+    assert {r["arm"] for r in rows} == {"splitting", "l1", "uniform", "full", "width"}
+    assert next(r for r in rows if r["trial_id"] == "plain")["wall_time"] == 3.0
+    paths = report.write_outputs(rows, tmp_path, title="synthetic")
+    with open(paths["csv"], newline="") as handle:
+        read = list(csv.DictReader(handle))
+    assert len(read) == 21 and list(read[0]) == report.COLUMNS
+    assert all(r["experiment_id"] == "EXP" and r["trial_id"] for r in read)
+    assert paths["png"].stat().st_size > 10_000
+    text = paths["md"].read_text()
+    assert "| splitting | splitting | 1 |" in text and "± " in text
+
+
+def test_aggregate_mean_and_spread_over_seeds():
+    summary = report.aggregate(report.rows_from_trials(_trials(), "EXP"))
+    split1 = next(s for s in summary if s["arm"] == "splitting" and s["step"] == 1 and s["n"] == 3)
+    assert split1["accuracy"] == pytest.approx(0.66) and split1["accuracy_std"] == pytest.approx(0.01)
+    assert split1["epochs"] == 12 and split1["wall_time"] == 20
+    assert summary[0]["arm"] == "splitting"  # ordered by arm, then ratio
+
+
+def test_cli_refuses_unknown_experiment(tmp_path, capsys):
+    assert report.main(["doesnotexist", "--out", str(tmp_path), "--workdir", str(tmp_path)]) == 1
+    assert "cannot read doesnotexist" in capsys.readouterr().err
