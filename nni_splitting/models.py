@@ -23,7 +23,7 @@ from torch import nn
 
 __all__ = [
     "ACTIVATIONS", "MODELS", "ConvBNAct", "WidthModel", "MobileNetV1", "VGG19BN", "DSCNN",
-    "SmallCNN", "MLP", "RBFLayer", "RBFNet", "make_activation", "current_widths", "rebuild",
+    "SmallCNN", "MLP", "RBFLayer", "RBFNet", "make_activation", "current_widths", "widths_of", "rebuild",
     "default_widths", "scale_widths", "build_model",
 ]
 
@@ -472,8 +472,13 @@ def current_widths(model: nn.Module) -> list[int]:
     """
     if not callable(getattr(model, "width_layers", None)):
         raise ValueError(f"model of type {type(model).__name__!r} has no width_layers() method")
+    return widths_of(model, model.width_layers())
+
+
+def widths_of(model: nn.Module, width_layers: Sequence[str]) -> list[int]:
+    """Output sizes (``out_channels``/``out_features``, else ``weight.shape[0]``) of the named modules."""
     widths = []
-    for name in model.width_layers():
+    for name in width_layers:
         try:
             module = model.get_submodule(name)
         except AttributeError:

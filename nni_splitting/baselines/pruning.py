@@ -54,6 +54,7 @@ import torch.nn as nn
 
 from ..counting import count_model
 from ..graph import NeuronGroup, find_neuron_groups, trace_model
+from ..models import widths_of
 from ..nni_compat import speedup
 
 __all__ = ["PRUNERS", "PruneInfo", "prune_to_ratio", "prunable_groups", "pruning_config", "bn_slim_masks",
@@ -139,24 +140,6 @@ def pruning_config(groups: Mapping[str, NeuronGroup], sparse_ratio: float) -> Li
             entry["dependency_group_id"] = f"group{index}"
         config.append(entry)
     return config
-
-
-def widths_of(model: nn.Module, width_layers: Sequence[str]) -> List[int]:
-    """Output sizes (``out_channels``/``out_features``, else ``weight.shape[0]``) of the named modules."""
-    widths = []
-    for name in width_layers:
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"{type(model).__name__} has no module {name!r}") from None
-        value = getattr(module, "out_channels", None) or getattr(module, "out_features", None)
-        if value is None:
-            weight = getattr(module, "weight", None)
-            if not isinstance(weight, torch.Tensor):
-                raise ValueError(f"cannot read the width of {name!r} ({type(module).__name__})")
-            value = weight.shape[0]
-        widths.append(int(value))
-    return widths
 
 
 def _channel_mask(module: nn.Module, keep: torch.Tensor) -> Dict[str, torch.Tensor]:
