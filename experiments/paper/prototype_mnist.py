@@ -1,11 +1,12 @@
 """Fig. 2 of the paper: grow the prototype layer of Li et al. (2018) on MNIST from one prototype by splitting.
 
-    python experiments/paper/prototype_mnist.py --data-dir ../shared/data/mnist     # about 6 minutes on 2 CPU cores
+    python experiments/paper/prototype_mnist.py --data-dir ../shared/data/mnist     # about 3-4 minutes on one CPU core
 
-Reduced recipe (CPU): 500 training images per class (5,000), 200 test images per class (2,000), Adam,
-2 epochs between splits, one split per step from 1 to 10 prototypes, 2 final epochs; the Fig. 2b probe
-splits each of the 5 prototypes of step 5 alone and fine-tunes 1 epoch. MNIST is read from
-DATA_DIR/MNIST/raw/*.gz (torchvision's raw layout); nothing is downloaded.
+Reduced recipe (CPU): 1,000 training images per class (10,000), 200 test images per class (2,000),
+Adam, 3 epochs between splits (then the classifier alone to convergence), one split per step from 1 to
+10 prototypes, 2 final epochs; the Fig. 2b probe splits each of the 5 prototypes of step 5 alone and
+fine-tunes 3 epochs. MNIST is read from DATA_DIR/MNIST/raw/*.gz (torchvision's raw layout); nothing
+is downloaded.
 
 Writes docs/figures/fig2a_prototype_tree.png, docs/figures/fig2b_prototype_index.png and
 runs/paper/prototype_mnist.json.
@@ -28,14 +29,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
-    parser.add_argument("--per-class", type=int, default=500, help="training images per class")
+    parser.add_argument("--per-class", type=int, default=1000, help="training images per class")
     parser.add_argument("--test-per-class", type=int, default=200)
     parser.add_argument("--max-prototypes", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=2, help="epochs between splits")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs between splits")
     parser.add_argument("--final-epochs", type=int, default=2)
     parser.add_argument("--epsilon", type=float, default=0.2)
     parser.add_argument("--probe-at", type=int, default=5, help="Fig. 2b: probe the step with this many prototypes")
-    parser.add_argument("--probe-epochs", type=int, default=1)
+    parser.add_argument("--probe-epochs", type=int, default=3)
     parser.add_argument("--feature", choices=FEATURES, default="gaussian")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
@@ -61,7 +62,7 @@ def main(argv=None):
                                f"Prototype splitting at m={args.probe_at} (MNIST)",
                                second=probe["decrease_immediate"],
                                second_label="immediate decrease of 20·CE (ε=0.01)",
-                               first_label=f"loss decrease (split + {args.probe_epochs} epoch)")
+                               first_label=f"loss decrease (split + {args.probe_epochs} epochs)")
         summary["probe"] = {k: np.asarray(v).tolist() for k, v in probe.items()}
         for key in ("decrease_finetuned", "decrease_immediate"):
             summary["probe"][f"corr_neg_index_{key}"] = float(np.corrcoef(-probe["index"], probe[key])[0, 1])

@@ -419,6 +419,8 @@ def grow_prototypes(train: TensorDataset, test: TensorDataset, max_prototypes: i
         net = split_prototypes(net, plan, splits.directions[plan], epsilon)
     if final_epochs:
         train_prototype_net(net, train, final_epochs, lr=lr, weights=weights, seed=seed + step + 1)
+        if polish:
+            fit_classifier(net, train)
         history.append({"step": "final", "prototypes": net.num_prototypes, "test": evaluate_prototype_net(net, test, weights)})
     tree.finish(net.decode_prototypes())
     return {"net": net, "tree": tree, "history": history, "probe": probe}
