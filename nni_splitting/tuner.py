@@ -106,7 +106,7 @@ class SplittingArguments(NamedTuple):
     max_splits: Optional[int] = None
     max_per_layer: Optional[int] = None
     threshold: float = 0.0
-    epsilon: float = 1e-2
+    epsilon: float = 0.1
     method: str = "exact"
     cost: str = "none"
     budget: Any = None
@@ -203,7 +203,7 @@ class SplittingTuner(Tuner):
 
     def __init__(self, model: str = "small_cnn", seed_widths=0.25, max_steps: int = 4,
                  grow_ratio: Optional[float] = None, max_splits: Optional[int] = None,
-                 max_per_layer: Optional[int] = None, threshold: float = 0.0, epsilon: float = 1e-2,
+                 max_per_layer: Optional[int] = None, threshold: float = 0.0, epsilon: float = 0.1,
                  method: str = "exact", cost: str = "none", budget=None, beam: int = 1, retries: int = 1,
                  trial: Optional[dict] = None, storage_path: Optional[str] = None,
                  local_storage_path: Optional[str] = None, **unknown):
