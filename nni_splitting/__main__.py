@@ -129,14 +129,17 @@ def _register(args) -> int:
 def main(argv=None) -> int:
     """Entry point of ``nni-splitting`` / ``python -m nni_splitting``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("compare", "report"):  # comparison commands have their own parsers
+    if argv and argv[0] in ("compare", "report", "nas"):  # comparison commands have their own parsers
         if argv[0] == "compare":
             from . import compare
             return compare.main(argv[1:])
+        if argv[0] == "nas":
+            from .baselines import nas
+            return nas.main(argv[1:])
         from . import report
         return report.main(argv[1:])
     parser = argparse.ArgumentParser(prog="nni-splitting", description="Splitting steepest descent with NNI.",
-                                     epilog="also: compare --config CONFIG, report ID [ID ...] (see their -h)")
+                                     epilog="also: compare --config CONFIG, report ID [ID ...], nas --model M --strategy S (see their -h)")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="start an experiment, wait, print the lineage, stop it")
     run.add_argument("--config", required=True, help="NNI config, e.g. experiments/digits.yml")

@@ -4,8 +4,9 @@ One NNI trial runs one *arm* at one parameter ratio, chosen by the ``arm`` param
 :data:`ARMS`); :class:`nni_splitting.compare.CompareTuner` emits them.  Every trial reports a flat
 final result with the same columns, so NNI's dashboard shows all arms in one sortable table:
 
-``default`` (test accuracy), ``val_accuracy``, ``arm``, ``method`` (family), ``seed``, ``step``,
-``params``, ``flops``, ``params_ratio``, ``flops_ratio`` (against the full-width model),
+``default`` (test accuracy; for the searched ``width`` arm the validation accuracy, which its
+tuner maximises: no search selects on the test set), ``test_accuracy``, ``val_accuracy``, ``arm``,
+``method`` (family), ``seed``, ``step``, ``params``, ``flops``, ``params_ratio``, ``flops_ratio`` (against the full-width model),
 ``epochs`` (all training epochs behind this network, ancestors / pre-training included),
 ``wall_time`` (seconds, likewise cumulative), ``widths``, ``node``, ``lineage``.
 
@@ -29,7 +30,10 @@ Arms:
     A uniform width multiplier of the full model matched to ``target_params``
     (:func:`uniform_width_model`), same total epochs.
 ``width``
-    HPO width search: widths from ``mult_<i>`` parameters (search_spaces/*.json, built-in tuners).
+    Width search: widths from ``mult_<i>`` parameters (or ``widths``) (search_spaces/*.json with NNI's built-in
+    tuners, or an ``nni.nas`` strategy through :mod:`nni_splitting.baselines.nas`).  With
+    ``max_params_ratio`` set, a sample above that fraction of the full model's parameters is not
+    trained: it reports ``default = 0`` and ``over_budget = 1`` (the search's parameter budget).
 
 Standalone: ``python -m nni_splitting.arms --output-dir DIR --params '{"arm": "uniform", ...}'``.
 """
@@ -73,6 +77,8 @@ COMPARE_DEFAULTS: Dict[str, Any] = {
     "total_epochs": None,         # scratch / uniform: epochs to train (default: seed_epochs + step * epochs)
     "ancestor_epochs": 0,         # splitting: epochs of the ancestors
     "ancestor_wall_time": 0.0,
+    "max_params_ratio": None,     # width: parameter budget (fraction of the full model) of a search
+    "arm_label": "",              # width: the reported arm name (e.g. "nas_tpe"; default "width")
 }
 
 
@@ -81,6 +87,9 @@ def _resolve(received: Dict[str, Any], overrides: Optional[Dict[str, Any]] = Non
     merged = {**COMPARE_DEFAULTS, **(received or {}), **(overrides or {})}
     if merged["arm"] not in FAMILIES:
         raise ValueError(f"arm must be one of {list(FAMILIES)}, got {merged['arm']!r}")
+    budget = merged["max_params_ratio"]
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1):
+        raise ValueError(f"max_params_ratio must be a fraction in (0, 1], got {budget!r}")
     return resolve_params(merged)
 
 
@@ -107,7 +116,7 @@ def run_arm(p: Dict[str, Any], output_dir: Path, report: Callable[[dict], None] 
         from .trial import run_trial
         result = run_trial(p, output_dir, report, trial_id, experiment_id)
         own_epochs = _seed_epochs(p) if p["step"] == 0 else int(p["epochs"])
-        result.update(arm="splitting", method="splitting", seed=p["seed"],
+        result.update(arm="splitting", method="splitting", seed=p["seed"], test_accuracy=result["default"],
                       epochs=int(p["ancestor_epochs"] or 0) + own_epochs,
                       wall_time=float(p["ancestor_wall_time"] or 0) + (time.time() - started))
         return result
@@ -177,14 +186,23 @@ def run_arm(p: Dict[str, Any], output_dir: Path, report: Callable[[dict], None] 
         val = _train_epochs(model, loaders, p, matched, report)
         epochs = matched
     elif arm == "width":
-        widths = widths_from_params(name, p)
-        model = build_model(name, widths=widths, **kwargs).to(device)
-        epochs = p["total_epochs"] or p["epochs"]
-        val = _train_epochs(model, loaders, p, epochs, report)
+        widths = list(p["widths"]) if p["widths"] else widths_from_params(name, p)
+        model = build_model(name, widths=widths, **kwargs)
+        budget = p["max_params_ratio"]
+        full_params = count_model(build_model(name, widths=None, **kwargs).eval(), dummy)[1]
+        ratio = count_model(model.eval(), dummy)[1] / full_params
+        if budget is not None and ratio > float(budget):  # the search's parameter budget: not trained
+            _logger.info("width sample %s: %.2f%% of the full parameters > budget %.2f%%, not trained",
+                         widths, 100 * ratio, 100 * float(budget))
+            val, epochs, extra["over_budget"] = None, 0.0, 1
+        else:
+            model = model.to(device)
+            epochs = p["total_epochs"] or p["epochs"]
+            val = _train_epochs(model, loaders, p, epochs, report)
     else:  # pragma: no cover - checked in _resolve
         raise ValueError(arm)
 
-    test = _accuracy(model, loaders[2])
+    test = None if extra.get("over_budget") else _accuracy(model, loaders[2])
     model = model.cpu().eval()
     flops, n_params = count_model(model, dummy)
     reference = build_model(name, widths=None, **kwargs)
@@ -198,7 +216,8 @@ def run_arm(p: Dict[str, Any], output_dir: Path, report: Callable[[dict], None] 
                     "state_dict": model.state_dict()}, checkpoint)
     seconds = time.time() - started
     result = {
-        "default": test, "val_accuracy": val, "arm": arm, "method": FAMILIES[arm], "seed": p["seed"],
+        "default": (val or 0.0) if arm == "width" else test, "test_accuracy": test, "val_accuracy": val,
+        "arm": (p["arm_label"] or arm) if arm == "width" else arm, "method": FAMILIES[arm], "seed": p["seed"],
         "step": p["step"], "params": n_params, "flops": flops, "params_ratio": n_params / ref_params,
         "flops_ratio": flops / ref_flops, "epochs": float(epochs), "wall_time": prior_wall + seconds,
         "seconds": seconds, "widths": ",".join(str(w) for w in widths), "node": p["node_id"],

@@ -50,7 +50,7 @@ def rows_from_trials(trials: Iterable[Dict[str, Any]], experiment_id: str) -> Li
             "arm": arm, "method": result.get("method", arm), "seed": result.get("seed", params.get("seed", "")),
             "step": result.get("step", ""), "params": result.get("params"), "flops": result.get("flops"),
             "params_ratio": result.get("params_ratio"), "flops_ratio": result.get("flops_ratio"),
-            "accuracy": result.get("default"), "val_accuracy": result.get("val_accuracy"),
+            "accuracy": result.get("test_accuracy", result.get("default")), "val_accuracy": result.get("val_accuracy"),
             "epochs": result.get("epochs", params.get("epochs", "")),
             "wall_time": result.get("wall_time", result.get("seconds", "")),
             "experiment_id": experiment_id, "trial_id": trial.get("id"), "status": trial.get("status"),
@@ -94,7 +94,10 @@ def read_experiment(experiment_id: str, port: Optional[int] = None, workdir: Opt
         args += ["--experiment_dir", str(Path(workdir).expanduser().resolve())]
     proc = ex._nnictl(args, check=False, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"nnictl view {experiment_id} failed: {proc.stdout}\n{proc.stderr}")
+        hint = ("\n(NNI 3.0 cannot view a stopped nni.nas experiment: merge the results.csv that "
+                "`nni-splitting nas --out` wrote while it ran, with --merge)"
+                if "can not be customized in NAS experiment" in proc.stdout + proc.stderr else "")
+        raise RuntimeError(f"nnictl view {experiment_id} failed: {proc.stdout}\n{proc.stderr}{hint}")
     base = ex.rest_url(port)
     try:
         deadline = time.time() + timeout
@@ -132,13 +135,18 @@ def _arm_key(arm: str):
     return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm)
 
 
+def _is_search(row: Dict[str, Any]) -> bool:
+    """A width-search sample (HPO or ``nni.nas``): each one is its own point, not a step of a lineage."""
+    return row.get("method") == "width_search" or row.get("arm") == "width"
+
+
 def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Mean and standard deviation over seeds per (arm, step) (width search: per trial)."""
     groups: Dict[tuple, List[dict]] = defaultdict(list)
     for row in rows:
         if _num(row.get("accuracy")) is None:
             continue
-        key = (row["arm"], row["step"]) if row["arm"] != "width" else (row["arm"], row["trial_id"])
+        key = (row["arm"], row["trial_id"]) if _is_search(row) else (row["arm"], row["step"])
         groups[key].append(row)
     out = []
     for (arm, step), members in groups.items():
@@ -148,6 +156,20 @@ def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         out.append(summary)
     out.sort(key=lambda s: (_arm_key(s["arm"]), s["params_ratio"] or 0))
     return out
+
+
+def read_csv(path) -> List[Dict[str, Any]]:
+    """Rows of a ``results.csv`` written by :func:`write_csv` (e.g. by ``nni-splitting nas``)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [dict(row) for row in csv.DictReader(handle)]
+    for row in rows:  # the keys that group rows: as REST rows have them
+        for key in ("seed", "step"):
+            if str(row.get(key, "")).lstrip("-").isdigit():
+                row[key] = int(row[key])
+    missing = [c for c in ("arm", "params_ratio", "accuracy", "trial_id") if rows and c not in rows[0]]
+    if missing:
+        raise ValueError(f"{path} is not a results.csv of nni-splitting (missing columns {missing})")
+    return rows
 
 
 def write_csv(rows: List[Dict[str, Any]], path) -> Path:
@@ -208,7 +230,7 @@ def plot(rows: List[Dict[str, Any]], path, title: str = "") -> Path:
                            label=f"full width ({100 * points[0]['accuracy']:.1f}%)")
             continue
         style = dict(marker=markers[i % len(markers)], capsize=2, label=arm,
-                     lw=2.5 if arm == "splitting" else 1.2, ls="" if arm == "width" else "-",
+                     lw=2.5 if arm == "splitting" else 1.2, ls="" if _is_search(points[0]) else "-",
                      color="black" if arm == "splitting" else None, zorder=3 if arm == "splitting" else 2)
         acc = [100 * s["accuracy"] for s in points]
         err = [100 * (s["accuracy_std"] or 0) for s in points]
@@ -246,13 +268,26 @@ def main(argv=None) -> int:
     """``nni-splitting report ID [ID ...] [--out results] [--port P] [--workdir DIR]``."""
     parser = argparse.ArgumentParser(prog="nni-splitting report",
                                      description="CSV, Markdown and PNG of comparison experiments from NNI's records.")
-    parser.add_argument("experiments", nargs="+", help="experiment ids (several: one table and one plot)")
+    parser.add_argument("experiments", nargs="*", help="experiment ids (several: one table and one plot)")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="CSV",
+                        help="also the rows of results.csv files written from NNI's records before "
+                             "(nni-splitting nas: NNI 3.0 cannot serve a stopped nni.nas experiment)")
     parser.add_argument("--out", default="results")
     parser.add_argument("--port", type=int, help="port of a running experiment (only with one id)")
     parser.add_argument("--workdir", help="experimentWorkingDirectory the experiments were created with")
     parser.add_argument("--title", default="")
     args = parser.parse_args(argv)
+    if not args.experiments and not args.merge:
+        parser.error("give experiment ids and/or --merge CSV files")
     rows = []
+    for path in args.merge:
+        try:
+            got = read_csv(path)
+        except (OSError, ValueError) as error:
+            print(f"nni-splitting report: cannot read {path}: {error}", file=sys.stderr)
+            return 1
+        print(f"{path}: {len(got)} rows")
+        rows += got
     for experiment_id in args.experiments:
         try:
             got = read_experiment(experiment_id, port=args.port if len(args.experiments) == 1 else None,
@@ -265,7 +300,7 @@ def main(argv=None) -> int:
     if not rows:
         print("nni-splitting report: no finished trial with a result", file=sys.stderr)
         return 1
-    paths = write_outputs(rows, args.out, args.title or ", ".join(args.experiments))
+    paths = write_outputs(rows, args.out, args.title or ", ".join(args.experiments + args.merge))
     print(markdown_summary(rows))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -155,7 +155,8 @@ def test_report_of_a_stopped_experiment_through_nnictl_view(tiny):
         assert len(list(csv.DictReader(handle))) == 12
 
 
-@pytest.mark.parametrize("name", ["compare_digits.yml", "compare_cifar_mobilenet.yml", "compare_cifar_vgg19.yml"])
+@pytest.mark.parametrize("name", ["compare_digits.yml", "compare_cifar_mobilenet.yml", "compare_cifar_mobilenet_cpu.yml",
+                                  "compare_cifar_vgg19.yml"])
 def test_compare_configs_build_the_tuner(name):
     config = ex.load_config(ROOT / "experiments" / name)
     assert config["trialCommand"].startswith("python -m nni_splitting.arms")

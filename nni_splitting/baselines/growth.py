@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 NEW_NEURON_INITS = ("match", "kaiming", "default")
 OUTGOING = ("zero", "random")
-WIDTH_CHOICES = (0.125, 0.25, 0.5, 0.75, 1.0)
+WIDTH_CHOICES = (0.0625, 0.125, 0.25, 0.5, 0.75, 1.0)  # 1/16: down to the ultra-small models splitting grows
 SEARCH_SPACE_MODELS = ("small_cnn", "mobilenet_v1", "vgg19_bn")
 #: ``search_spaces/`` at the root of a source checkout.
 SEARCH_SPACE_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
