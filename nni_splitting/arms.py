@@ -26,6 +26,9 @@ Arms:
 ``scratch``
     The splitting lineage's architecture at this step (``widths``), freshly initialised and trained
     for the same total number of epochs as the lineage.
+``pruned_scratch``
+    A pruner's architecture (``widths`` of its trial) freshly initialised and trained for the lineage's
+    total epochs at that ratio (the paper's Fig. 3c-d); reported as ``<pruner>_scratch``.
 ``uniform``
     A uniform width multiplier of the full model matched to ``target_params``
     (:func:`uniform_width_model`), same total epochs.
@@ -59,6 +62,7 @@ GROWTH_ARMS = ("random_split", "new_neurons")
 #: arm -> family (the ``method`` column)
 FAMILIES: Dict[str, str] = {"splitting": "splitting", "full": "full", **{a: "pruning" for a in PRUNING_ARMS},
                             "random_split": "growth", "new_neurons": "growth", "scratch": "retrain",
+                            "pruned_scratch": "retrain",
                             "uniform": "width", "width": "width_search"}
 ARMS = tuple(FAMILIES)
 
@@ -78,7 +82,8 @@ COMPARE_DEFAULTS: Dict[str, Any] = {
     "ancestor_epochs": 0,         # splitting: epochs of the ancestors
     "ancestor_wall_time": 0.0,
     "max_params_ratio": None,     # width: parameter budget (fraction of the full model) of a search
-    "arm_label": "",              # width: the reported arm name (e.g. "nas_tpe"; default "width")
+    "arm_label": "",              # the reported arm name (default: arm), e.g. "nas_tpe", "l1_scratch"
+    "matched_epochs": None,       # pruners: the lineage's total epochs at this ratio (for pruned_scratch)
 }
 
 
@@ -175,7 +180,9 @@ def run_arm(p: Dict[str, Any], output_dir: Path, report: Callable[[dict], None] 
             model = model.to(device)
             val = _train_epochs(model, loaders, p, int(p["epochs"]), report)
             epochs += int(p["epochs"])
-    elif arm == "scratch":
+    elif arm in ("scratch", "pruned_scratch"):
+        if not p["widths"]:
+            raise ValueError(f"arm {arm} needs widths (the architecture to train from scratch)")
         model = build_model(name, widths=list(p["widths"]), **kwargs).to(device)
         val = _train_epochs(model, loaders, p, matched, report)
         epochs = matched
@@ -217,7 +224,7 @@ def run_arm(p: Dict[str, Any], output_dir: Path, report: Callable[[dict], None] 
     seconds = time.time() - started
     result = {
         "default": (val or 0.0) if arm == "width" else test, "test_accuracy": test, "val_accuracy": val,
-        "arm": (p["arm_label"] or arm) if arm == "width" else arm, "method": FAMILIES[arm], "seed": p["seed"],
+        "arm": p["arm_label"] or arm, "method": FAMILIES[arm], "seed": p["seed"],
         "step": p["step"], "params": n_params, "flops": flops, "params_ratio": n_params / ref_params,
         "flops_ratio": flops / ref_flops, "epochs": float(epochs), "wall_time": prior_wall + seconds,
         "seconds": seconds, "widths": ",".join(str(w) for w in widths), "node": p["node_id"],

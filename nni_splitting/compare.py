@@ -14,6 +14,8 @@ The tuner is a :class:`~nni_splitting.tuner.SplittingTuner` whose trials run thr
    * ``random_split`` / ``new_neurons``: the seed grown with the same per-step, per-layer split
      counts as the lineage, at random (steps >= 1);
    * ``scratch``: the step's architecture trained from scratch for the lineage's total epochs (steps >= 1);
+   * ``pruned_scratch``: when a pruner's trial has reported, its pruned architecture trained from
+     scratch for the same epochs as ``scratch`` (arm ``<pruner>_scratch``);
    * ``uniform``: a uniform width multiplier at the step's parameter count, same epochs.
 
 Every trial reports the same flat columns (``arm``, ``method``, ``seed``, ``params``, ``flops``,
@@ -45,7 +47,7 @@ __all__ = ["CompareTuner", "COMPARE_ARGS", "DEFAULT_ARMS", "main"]
 
 _logger = logging.getLogger("nni.tuner.compare")
 
-DEFAULT_ARMS = ("pruning", "random_split", "new_neurons", "scratch", "uniform")
+DEFAULT_ARMS = ("pruning", "random_split", "new_neurons", "scratch", "pruned_scratch", "uniform")
 #: classArgs of CompareTuner beyond SplittingTuner's.
 COMPARE_ARGS = {"arms": list(DEFAULT_ARMS), "pruners": list(PRUNING_ARMS), "full_epochs": None,
                 "finetune_epochs": None, "prune_training_steps": 50}
@@ -140,7 +142,8 @@ class CompareTuner(SplittingTuner):
                         "full_checkpoint": full.result.get("checkpoint", ""),
                         "target_ratio": float(result["params"]) / float(full.result["params"]),
                         "prior_epochs": full.result.get("epochs", 0),
-                        "prior_wall_time": full.result.get("wall_time", 0.0)})
+                        "prior_wall_time": full.result.get("wall_time", 0.0),
+                        "matched_epochs": int(result.get("epochs") or 0) or None})
             if node.step > 0:
                 for arm in GROWTH_ARMS:
                     if arm in self.arms:
@@ -154,6 +157,17 @@ class CompareTuner(SplittingTuner):
                 self._add_arm(lineage, "uniform", node.step, {"target_params": int(result["params"]),
                                                              "total_epochs": int(result.get("epochs") or 0) or None})
         _logger.info("lineage %d: queued the baselines of %d step(s)", lineage, len(chain))
+
+    def _add_pruned_scratch(self, pruned: Node):
+        """Queue the pruner's architecture, trained from scratch for the lineage's epochs at that ratio."""
+        widths = [int(w) for w in str((pruned.result or {}).get("widths", "")).split(",") if w]
+        if not widths:
+            _logger.warning("pruner trial %s reported no widths: no pruned_scratch arm", pruned.node_id)
+            return
+        pruner = pruned.params["arm"]
+        self._add_arm(-1 - pruned.lineage, "pruned_scratch", pruned.step, {
+            "widths": widths, "total_epochs": pruned.params.get("matched_epochs"),
+            "arm_label": f"{pruner}_scratch"})
 
     def _stop(self, lineage: int, reason: str):
         super()._stop(lineage, reason)
@@ -182,6 +196,8 @@ class CompareTuner(SplittingTuner):
                         _logger.info("arm trial %s succeeded: %s", node.node_id, node.result)
                         if node.params.get("arm") == "full":
                             self._maybe_emit(-1 - node.lineage)
+                        elif node.params.get("arm") in PRUNING_ARMS and "pruned_scratch" in self.arms:
+                            self._add_pruned_scratch(node)
                         self._save_state()
                     handled = True
                 else:

@@ -33,7 +33,8 @@ __all__ = ["COLUMNS", "rows_from_rest", "rows_from_trials", "read_experiment", "
 COLUMNS = ["arm", "method", "seed", "step", "params", "flops", "params_ratio", "flops_ratio", "accuracy",
            "val_accuracy", "epochs", "wall_time", "experiment_id", "trial_id", "status", "widths"]
 ARM_ORDER = ["splitting", "l1", "slim", "fpgm", "taylor", "bn_slim", "random_split", "new_neurons", "scratch",
-             "uniform", "width", "full"]
+             "l1_scratch", "slim_scratch", "fpgm_scratch", "taylor_scratch", "bn_slim_scratch", "uniform", "width",
+             "full"]
 
 
 def rows_from_trials(trials: Iterable[Dict[str, Any]], experiment_id: str) -> List[Dict[str, Any]]:

@@ -76,7 +76,8 @@ def test_bad_compare_class_args_refused(tmp_path):
 
 
 def test_tuner_emits_every_arm_per_ratio(tmp_path):
-    tuner = CompareTuner(max_steps=1, beam=1, pruners=["l1"], arms=["pruning", "random_split", "scratch", "uniform"],
+    tuner = CompareTuner(max_steps=1, beam=1, pruners=["l1"],
+                         arms=["pruning", "random_split", "scratch", "pruned_scratch", "uniform"],
                          seed_widths=[2, 4, 8], trial={"epochs": 1})
     tuner.end_hook = None
     sent = tuner.generate_multiple_parameters([0, 1, 2])
@@ -108,7 +109,13 @@ def test_tuner_emits_every_arm_per_ratio(tmp_path):
     assert rs["split_counts"] == [{"a": 1}] and rs["widths_seed"] == [2, 4, 8]
     assert next(p for p in arms if p["arm"] == "scratch")["widths"] == [3, 4, 8]
     for i, p in enumerate(arms):
-        tuner.receive_trial_result(10 + i, p, {"default": 0.5, "node": p["node_id"]})
+        tuner.receive_trial_result(10 + i, p, {"default": 0.5, "node": p["node_id"], "widths": "2,3,5"})
+    assert not tuner.finished  # each pruned architecture is still to be trained from scratch
+    again = tuner.generate_multiple_parameters(list(range(40, 50)))
+    got = sorted((p["arm"], p["arm_label"], p["step"], p["total_epochs"], tuple(p["widths"])) for p in again)
+    assert got == [("pruned_scratch", "l1_scratch", 0, 1, (2, 3, 5)), ("pruned_scratch", "l1_scratch", 1, 2, (2, 3, 5))]
+    for i, p in enumerate(again):
+        tuner.receive_trial_result(40 + i, p, {"default": 0.5, "node": p["node_id"], "widths": "2,3,5"})
     assert tuner.finished
 
 
@@ -117,13 +124,14 @@ def test_compare_experiment_has_flat_columns(tiny):
     assert ex.status(base)["status"] == "DONE", tiny["output"][-2000:]
     trials = ex.read_trials(base)
     results = [t["result"] for t in trials if t["status"] == "SUCCEEDED"]
-    assert len(results) == len(trials) == 12, [(t["id"], t["status"]) for t in trials]
+    assert len(results) == len(trials) == 16, [(t["id"], t["status"]) for t in trials]
     for result in results:
         assert all(k in result for k in FLAT), result
         assert all(not isinstance(v, (dict, list)) for v in result.values()), result  # flat for the dashboard
     arms = sorted(r["arm"] for r in results)
     assert arms == sorted(["splitting", "splitting", "full", "l1", "l1", "taylor", "taylor", "random_split",
-                           "new_neurons", "scratch", "uniform", "uniform"])
+                           "new_neurons", "scratch", "uniform", "uniform", "l1_scratch", "l1_scratch",
+                           "taylor_scratch", "taylor_scratch"])
     full = next(r for r in results if r["arm"] == "full")
     split = {r["step"]: r for r in results if r["arm"] == "splitting"}
     for r in results:
@@ -131,6 +139,10 @@ def test_compare_experiment_has_flat_columns(tiny):
             assert abs(r["params"] - split[r["step"]]["params"]) <= 0.25 * split[r["step"]]["params"] + 60
             assert r["epochs"] >= full["epochs"] + 1
     assert split[1]["epochs"] == 4 and split[1]["wall_time"] > split[0]["wall_time"]
+    for r in results:  # a pruned architecture from scratch: the pruner's widths, the lineage's epochs
+        if r["arm"].endswith("_scratch"):
+            pruned = next(q for q in results if q["arm"] == r["arm"][:-len("_scratch")] and q["step"] == r["step"])
+            assert r["widths"] == pruned["widths"] and r["epochs"] == split[r["step"]]["epochs"]
 
 
 def test_report_reads_the_experiment(tiny):
@@ -139,7 +151,7 @@ def test_report_reads_the_experiment(tiny):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 12 and {r["trial_id"] for r in rows} == {t["id"] for t in ex.read_trials(ex.rest_url(tiny["port"]))}
+    assert len(rows) == 16 and {r["trial_id"] for r in rows} == {t["id"] for t in ex.read_trials(ex.rest_url(tiny["port"]))}
     assert {r["experiment_id"] for r in rows} == {tiny["id"]}
     assert (out / "compare.png").stat().st_size > 10_000 and "| splitting |" in (out / "results.md").read_text()
     # the compare command itself wrote the same from REST
@@ -152,11 +164,11 @@ def test_report_of_a_stopped_experiment_through_nnictl_view(tiny):
     proc = _cli("report", tiny["id"], "--workdir", str(tiny["folder"] / "nni"), "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(out / "results.csv", newline="") as handle:
-        assert len(list(csv.DictReader(handle))) == 12
+        assert len(list(csv.DictReader(handle))) == 16
 
 
 @pytest.mark.parametrize("name", ["compare_digits.yml", "compare_cifar_mobilenet.yml", "compare_cifar_mobilenet_cpu.yml",
-                                  "compare_cifar_vgg19.yml"])
+                                  "compare_cifar_vgg19.yml", "compare_cifar_vgg19_cpu.yml"])
 def test_compare_configs_build_the_tuner(name):
     config = ex.load_config(ROOT / "experiments" / name)
     assert config["trialCommand"].startswith("python -m nni_splitting.arms")
