@@ -74,29 +74,22 @@ def _run(args) -> int:
     port = args.port or ex.free_port()
     with tempfile.TemporaryDirectory(prefix="nni-splitting-") as folder:
         experiment_id = ex.create(ex.write_config(config, Path(folder) / Path(args.config).name), port)
-    base = ex.rest_url(port)
     print(f"experiment {experiment_id} started; dashboard: http://localhost:{port}\n  ({_DASHBOARD_NOTE})", flush=True)
-    final = "UNKNOWN"
-    try:
-        final = ex.wait(base, timeout=args.timeout, on_poll=_progress(time.time()))
-        print(f"experiment {experiment_id}: {final}")
+
+    def on_end(base: str, final: str):
         if not _print_lineage(base):
             folder = Path(config.get("experimentWorkingDirectory", "~/nni-experiments")).expanduser() / experiment_id
             print(f"no trial succeeded: see {folder}/environments/local-env/trials/*/trial.stderr and "
                   f"{folder}/log/dispatcher.log", file=sys.stderr)
             final = "NO_SUCCESS"
-        errors = ex.status(base).get("errors") or []
-        for error in errors:
+        for error in ex.status(base).get("errors") or []:
             print(f"NNI error: {error}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-    finally:
-        if args.keep:
-            print(f"left running: nnictl stop {experiment_id}")
-        else:
-            ex.stop(experiment_id)
-            print(f"stopped {experiment_id} (resume with: nnictl resume {experiment_id} --port {port})")
-    return 0 if final in ("DONE", "TUNER_NO_MORE_TRIAL", "NO_MORE_TRIAL") else 1
+        return final
+
+    final = ex.run_until_done(experiment_id, port, args.timeout, on_end, keep=args.keep,
+                              stopped_note=f"resume with: nnictl resume {experiment_id} --port {port}",
+                              on_poll=_progress(time.time()))
+    return 0 if final in ex.SUCCESS_STATES else 1
 
 
 def _show(args) -> int:

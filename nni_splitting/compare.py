@@ -240,14 +240,11 @@ def _run(args) -> int:
                     raise
                 print(f"nnictl create: NNI's manager did not answer in time on port {port}; retrying", flush=True)
                 port = ex.free_port(start=port + 2)
-    base = ex.rest_url(port)
     print(f"experiment {experiment_id} started; dashboard: http://localhost:{port}  (NNI's web server listens on "
           f"every interface of this machine)", flush=True)
     from .__main__ import _progress
-    final = "UNKNOWN"
-    try:
-        final = ex.wait(base, timeout=args.timeout, on_poll=_progress(time.time()))
-        print(f"experiment {experiment_id}: {final}")
+
+    def on_end(base: str, final: str):
         rows = report.rows_from_rest(base, experiment_id)
         out = Path(args.out)
         report.write_outputs(rows, out, title=f"experiment {experiment_id}")
@@ -257,16 +254,12 @@ def _run(args) -> int:
             from subprocess import run
             run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "screenshot_dashboard.py"),
                  "--port", str(port), "--out", args.screenshot], check=False)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-    finally:
-        if args.keep:
-            print(f"left running: nnictl stop {experiment_id}")
-        else:
-            ex.stop(experiment_id)
-            print(f"stopped {experiment_id} (view later: nnictl view {experiment_id} --port {port}; "
-                  f"report: nni-splitting report {experiment_id})")
-    return 0 if final in ("DONE", "TUNER_NO_MORE_TRIAL", "NO_MORE_TRIAL") else 1
+
+    final = ex.run_until_done(experiment_id, port, args.timeout, on_end, keep=args.keep,
+                              stopped_note=f"view later: nnictl view {experiment_id} --port {port}; "
+                                           f"report: nni-splitting report {experiment_id}",
+                              on_poll=_progress(time.time()))
+    return 0 if final in ex.SUCCESS_STATES else 1
 
 
 def main(argv=None) -> int:

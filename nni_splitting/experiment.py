@@ -254,6 +254,34 @@ def wait(base: str, timeout: float = 600, poll: float = 3.0, min_succeeded: Opti
     return "TIMEOUT"
 
 
+#: final statuses a command reports as success
+SUCCESS_STATES = ("DONE", "TUNER_NO_MORE_TRIAL", "NO_MORE_TRIAL")
+
+
+def run_until_done(experiment_id: str, port: int, timeout: float, on_end, keep: bool = False,
+                   stopped_note: str = "", on_poll=None) -> str:
+    """Wait for the experiment's end, call ``on_end(base, final)``, and stop it by id unless ``keep``.
+
+    The experiment is stopped whatever happens (Ctrl-C, an error in ``on_end``); ``on_end`` may
+    return a replacement for the final status (e.g. ``"NO_SUCCESS"``).  Returns the final status.
+    """
+    base = rest_url(port)
+    final = "UNKNOWN"
+    try:
+        final = wait(base, timeout=timeout, on_poll=on_poll)
+        print(f"experiment {experiment_id}: {final}")
+        final = on_end(base, final) or final
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        if keep:
+            print(f"left running: nnictl stop {experiment_id}")
+        else:
+            stop(experiment_id)
+            print(f"stopped {experiment_id}" + (f" ({stopped_note})" if stopped_note else ""))
+    return final
+
+
 def _loads_twice(value):
     value = json.loads(value) if isinstance(value, str) else value
     return json.loads(value) if isinstance(value, str) else value
