@@ -177,11 +177,23 @@ def test_compare_configs_build_the_tuner(name):
     assert tuner.args.beam >= 1 and tuner.pruners
 
 
-def test_width_search_config_reads_the_search_space():
-    from nni_splitting.arms import _resolve
-    from nni_splitting.baselines import widths_from_params
+@pytest.mark.parametrize("name,tuner", [("compare_digits_nas.yml", "tpe_tuner.TpeTuner"),
+                                        ("compare_digits_nas_random.yml", "random_tuner.RandomTuner"),
+                                        ("compare_digits_nas_evolution.yml", "evolution_tuner.EvolutionTuner")])
+def test_width_search_configs(name, tuner):
+    import importlib
+    import json
 
-    config = ex.load_config(ROOT / "experiments" / "compare_digits_nas.yml")
+    from nni_splitting.arms import _resolve
+    from nni_splitting.baselines import load_search_space, widths_from_params
+
+    config = ex.load_config(ROOT / "experiments" / name)
+    module, cls = tuner.split(".")
+    built = getattr(importlib.import_module(f"nni.algorithms.hpo.{module}"), cls)(**config["tuner"]["classArgs"])
+    built.update_search_space(load_search_space("small_cnn"))  # the built-in tuner takes its classArgs and space
+    assert config["tuner"]["name"].lower() in cls.lower()
     assert Path(config["searchSpaceFile"]).exists() and "nni_splitting.arms" in config["trialCommand"]
+    overrides = json.loads(config["trialCommand"].split("--params", 1)[1].strip().strip("'"))
+    assert overrides["max_params_ratio"] == 0.05 and overrides["arm_label"].startswith("hpo_")
     params = _resolve({"mult_0": 0.25, "mult_1": 0.5, "mult_2": 1.0}, {"arm": "width", "epochs": 1})
     assert widths_from_params("small_cnn", params) == [8, 32, 128]
