@@ -203,12 +203,34 @@ def markdown_summary(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def search_summary(rows: List[Dict[str, Any]]) -> str:
+    """Per width search: the sample a user would pick (best validation accuracy) and what the search cost."""
+    lines = []
+    for arm in sorted({r["arm"] for r in rows if _is_search(r)}, key=_arm_key):
+        samples = [r for r in rows if r["arm"] == arm]
+        trained = [r for r in samples if _num(r.get("accuracy")) is not None and _num(r.get("val_accuracy")) is not None]
+        if not trained:
+            continue
+        best = max(trained, key=lambda r: (_num(r["val_accuracy"]), -(_num(r.get("params")) or 0)))
+        epochs = sum(_num(r.get("epochs")) or 0 for r in samples)
+        lines.append(f"| {arm} | {len(samples)} | {len(trained)} | {epochs:.0f} | {best['trial_id']} | "
+                     f"{100 * _num(best['params_ratio']):.2f} | {100 * _num(best['val_accuracy']):.2f} | "
+                     f"{100 * _num(best['accuracy']):.2f} |")
+    if not lines:
+        return ""
+    return "\n".join(["| search | samples | trained | epochs (all samples) | picked (best val.) | params ratio (%) "
+                      "| val. acc. (%) | test acc. (%) |", "|---|---|---|---|---|---|---|---|", *lines])
+
+
 def write_markdown(rows: List[Dict[str, Any]], path, title: str = "") -> Path:
     path = Path(path)
     ids = sorted({r["experiment_id"] for r in rows})
+    searches = search_summary(rows)
     text = (f"# Comparison{': ' + title if title else ''}\n\nExperiments: {', '.join(ids)}; "
             f"{len(rows)} trials. Test accuracy, mean ± standard deviation over seeds (n).\n\n"
-            f"{markdown_summary(rows)}\n")
+            f"{markdown_summary(rows)}\n"
+            + (f"\nWidth searches: the sample picked by validation accuracy (what a user of the search would "
+               f"keep) and the search's cost in training epochs.\n\n{searches}\n" if searches else ""))
     path.write_text(text, encoding="utf-8")
     return path
 

@@ -38,7 +38,7 @@ def screenshot(url: str, out: Path, width: int = 1600, height: int = 1000, budge
         raise RuntimeError("no chromium found: apt-get install -y chromium")
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-", ignore_cleanup_errors=True) as profile:  # chromium may still write
         cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                f"--user-data-dir={profile}", f"--screenshot={out}", f"--window-size={width},{height}",
@@ -68,7 +68,7 @@ def screenshot_with_columns(url: str, experiment_id: str, out: Path, width: int 
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     debug_port = free_port(9300)
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-", ignore_cleanup_errors=True) as profile:  # chromium may still write
         proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
                                  "--disable-sync", f"--user-data-dir={profile}", f"--window-size={width},{height}",
