@@ -254,7 +254,7 @@ def plot(rows: List[Dict[str, Any]], path, title: str = "") -> Path:
             continue
         style = dict(marker=markers[i % len(markers)], capsize=2, label=arm,
                      lw=2.5 if arm == "splitting" else 1.2, ls="" if _is_search(points[0]) else "-",
-                     color="black" if arm == "splitting" else None, zorder=3 if arm == "splitting" else 2)
+                     color="black" if arm == "splitting" else plt.cm.tab20(i % 20), zorder=3 if arm == "splitting" else 2)
         acc = [100 * s["accuracy"] for s in points]
         err = [100 * (s["accuracy_std"] or 0) for s in points]
         axes[0].errorbar([100 * s["params_ratio"] for s in points], acc, yerr=err, **style)
