@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -71,9 +70,7 @@ def _run(args) -> int:
         return 2
     if args.workdir:
         config["experimentWorkingDirectory"] = str(Path(args.workdir).expanduser().resolve())
-    port = args.port or ex.free_port()
-    with tempfile.TemporaryDirectory(prefix="nni-splitting-") as folder:
-        experiment_id = ex.create(ex.write_config(config, Path(folder) / Path(args.config).name), port)
+    experiment_id, port = ex.start(config, args.config, args.port)
     print(f"experiment {experiment_id} started; dashboard: http://localhost:{port}\n  ({_DASHBOARD_NOTE})", flush=True)
 
     def on_end(base: str, final: str):

@@ -33,7 +33,6 @@ import copy
 import logging
 import secrets
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -226,20 +225,7 @@ def _run(args) -> int:
     except (ValueError, TypeError) as error:
         print(f"nni-splitting compare: bad classArgs: {error}", file=sys.stderr)
         return 2
-    if args.workdir:
-        config["experimentWorkingDirectory"] = str(Path(args.workdir).expanduser().resolve())
-    port = args.port or ex.free_port()
-    with tempfile.TemporaryDirectory(prefix="nni-compare-") as folder:
-        path = ex.write_config(config, Path(folder) / Path(args.config).name)
-        for attempt in range(3):
-            try:
-                experiment_id = ex.create(path, port)
-                break
-            except RuntimeError as error:  # nnictl gives NNI's manager ~3 s to answer; a busy machine needs more
-                if attempt == 2 or "check-status" not in str(error):
-                    raise
-                print(f"nnictl create: NNI's manager did not answer in time on port {port}; retrying", flush=True)
-                port = ex.free_port(start=port + 2)
+    experiment_id, port = ex.start(config, args.config, args.port, args.workdir)
     print(f"experiment {experiment_id} started; dashboard: http://localhost:{port}  (NNI's web server listens on "
           f"every interface of this machine)", flush=True)
     from .__main__ import _progress

@@ -254,6 +254,31 @@ def wait(base: str, timeout: float = 600, poll: float = 3.0, min_succeeded: Opti
     return "TIMEOUT"
 
 
+def start(config: Dict[str, Any], name: str, port: Optional[int] = None, workdir: Optional[str] = None,
+          attempts: int = 3) -> tuple:
+    """Write ``config`` to a temporary file named ``name``, ``nnictl create`` it; return ``(id, port)``.
+
+    ``workdir`` overrides ``experimentWorkingDirectory``.  nnictl gives NNI's manager ~3 s to answer;
+    on a busy machine that fails ("check-status"), so it is retried on another port.
+    """
+    import tempfile
+
+    if workdir:
+        config = {**config, "experimentWorkingDirectory": str(Path(workdir).expanduser().resolve())}
+    port = port or free_port()
+    with tempfile.TemporaryDirectory(prefix="nni-splitting-") as folder:
+        path = write_config(config, Path(folder) / Path(name).name)
+        for attempt in range(attempts):
+            try:
+                return create(path, port), port
+            except RuntimeError as error:
+                if attempt == attempts - 1 or "check-status" not in str(error):
+                    raise
+                print(f"nnictl create: NNI's manager did not answer in time on port {port}; retrying", flush=True)
+                port = free_port(start=port + 2)
+    raise AssertionError("unreachable")
+
+
 #: final statuses a command reports as success
 SUCCESS_STATES = ("DONE", "TUNER_NO_MORE_TRIAL", "NO_MORE_TRIAL")
 
