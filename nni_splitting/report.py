@@ -1,4 +1,4 @@
-"""Results of comparison experiments from NNI's own records: ``nni-splitting report ID [ID ...]``.
+"""Results of comparison experiments from NNI's own records: ``nni-splitting report ID [ID ...]`` (:mod:`nni_splitting.cli`).
 
 Reads every trial of the given experiments through NNI's REST API (``trial-jobs`` with their final
 metrics; nothing from private files) and writes, into ``--out`` (default ``results/``):
@@ -16,19 +16,21 @@ with ``experimentWorkingDirectory``).  Trials of the plain splitting tuner count
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import logging
 import math
 import re
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
+from .nni import nnictl, rest
+
 __all__ = ["COLUMNS", "rows_from_rest", "rows_from_trials", "read_experiment", "aggregate", "write_csv",
-           "write_markdown", "plot", "write_outputs", "markdown_summary", "main"]
+           "write_markdown", "plot", "write_outputs", "markdown_summary", "search_summary", "read_csv"]
+
+logger = logging.getLogger(__name__)
 
 COLUMNS = ["arm", "method", "seed", "step", "params", "flops", "params_ratio", "flops_ratio", "accuracy",
            "val_accuracy", "epochs", "wall_time", "experiment_id", "trial_id", "status", "widths"]
@@ -62,14 +64,12 @@ def rows_from_trials(trials: Iterable[Dict[str, Any]], experiment_id: str) -> Li
 
 def rows_from_rest(base: str, experiment_id: str) -> List[Dict[str, Any]]:
     """Rows of every finished trial of the experiment answering at ``base`` (REST ``trial-jobs``)."""
-    from .experiment import read_trials
-    return rows_from_trials(read_trials(base), experiment_id)
+    return rows_from_trials(rest.read_trials(base), experiment_id)
 
 
 def _experiment_ports() -> Dict[str, int]:
     """``{id: port}`` of running experiments, from ``nnictl experiment list``."""
-    from .experiment import _nnictl
-    proc = _nnictl(["experiment", "list"], check=False)
+    proc = nnictl.run_nnictl(["experiment", "list"], check=False)
     ports = {}
     for block in re.split(r"\n\s*\n", proc.stdout):
         ident = re.search(r"Id:\s*(\S+)", block)
@@ -82,29 +82,28 @@ def _experiment_ports() -> Dict[str, int]:
 def read_experiment(experiment_id: str, port: Optional[int] = None, workdir: Optional[str] = None,
                     timeout: float = 60) -> List[Dict[str, Any]]:
     """Rows of one experiment: on ``port`` if given or running, else through ``nnictl view`` (stopped after)."""
-    from . import experiment as ex
     if port is None:
         port = _experiment_ports().get(experiment_id)
     if port is not None:
-        return rows_from_rest(ex.rest_url(port), experiment_id)
+        return rows_from_rest(rest.rest_url(port), experiment_id)
     if workdir and not (Path(workdir).expanduser() / experiment_id).is_dir():
         raise RuntimeError(f"no experiment {experiment_id} in {workdir}")
-    port = ex.free_port(8600)
+    port = nnictl.free_port(8600)
     args = ["view", experiment_id, "--port", str(port)]
     if workdir:
         args += ["--experiment_dir", str(Path(workdir).expanduser().resolve())]
-    proc = ex._nnictl(args, check=False, timeout=timeout)
+    proc = nnictl.run_nnictl(args, check=False, timeout=timeout)
     if proc.returncode != 0:
         hint = ("\n(NNI 3.0 cannot view a stopped nni.nas experiment: merge the results.csv that "
                 "`nni-splitting nas --out` wrote while it ran, with --merge)"
                 if "can not be customized in NAS experiment" in proc.stdout + proc.stderr else "")
         raise RuntimeError(f"nnictl view {experiment_id} failed: {proc.stdout}\n{proc.stderr}{hint}")
-    base = ex.rest_url(port)
+    base = rest.rest_url(port)
     try:
         deadline = time.time() + timeout
         while True:
             try:
-                ex.status(base)
+                rest.status(base)
                 break
             except Exception:
                 if time.time() > deadline:
@@ -112,7 +111,7 @@ def read_experiment(experiment_id: str, port: Optional[int] = None, workdir: Opt
                 time.sleep(1)
         return rows_from_rest(base, experiment_id)
     finally:
-        ex.stop(experiment_id)
+        nnictl.stop(experiment_id)
 
 
 def _num(value) -> Optional[float]:
@@ -285,49 +284,3 @@ def write_outputs(rows: List[Dict[str, Any]], out, title: str = "", prefix: str 
     return {"csv": write_csv(rows, out / f"{prefix}results.csv"),
             "md": write_markdown(rows, out / f"{prefix}results.md", title),
             "png": plot(rows, out / f"{prefix}compare.png", title)}
-
-
-def main(argv=None) -> int:
-    """``nni-splitting report ID [ID ...] [--out results] [--port P] [--workdir DIR]``."""
-    parser = argparse.ArgumentParser(prog="nni-splitting report",
-                                     description="CSV, Markdown and PNG of comparison experiments from NNI's records.")
-    parser.add_argument("experiments", nargs="*", help="experiment ids (several: one table and one plot)")
-    parser.add_argument("--merge", nargs="+", default=[], metavar="CSV",
-                        help="also the rows of results.csv files written from NNI's records before "
-                             "(nni-splitting nas: NNI 3.0 cannot serve a stopped nni.nas experiment)")
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--port", type=int, help="port of a running experiment (only with one id)")
-    parser.add_argument("--workdir", help="experimentWorkingDirectory the experiments were created with")
-    parser.add_argument("--title", default="")
-    args = parser.parse_args(argv)
-    if not args.experiments and not args.merge:
-        parser.error("give experiment ids and/or --merge CSV files")
-    rows = []
-    for path in args.merge:
-        try:
-            got = read_csv(path)
-        except (OSError, ValueError) as error:
-            print(f"nni-splitting report: cannot read {path}: {error}", file=sys.stderr)
-            return 1
-        print(f"{path}: {len(got)} rows")
-        rows += got
-    for experiment_id in args.experiments:
-        try:
-            got = read_experiment(experiment_id, port=args.port if len(args.experiments) == 1 else None,
-                                  workdir=args.workdir)
-        except Exception as error:
-            print(f"nni-splitting report: cannot read {experiment_id}: {error}", file=sys.stderr)
-            return 1
-        print(f"{experiment_id}: {len(got)} finished trials")
-        rows += got
-    if not rows:
-        print("nni-splitting report: no finished trial with a result", file=sys.stderr)
-        return 1
-    paths = write_outputs(rows, args.out, args.title or ", ".join(args.experiments + args.merge))
-    print(markdown_summary(rows))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
