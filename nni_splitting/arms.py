@@ -8,7 +8,11 @@ final result with the same columns, so NNI's dashboard shows all arms in one sor
 tuner maximises: no search selects on the test set), ``test_accuracy``, ``val_accuracy``, ``arm``,
 ``method`` (family), ``seed``, ``step``, ``params``, ``flops``, ``params_ratio``, ``flops_ratio`` (against the full-width model),
 ``epochs`` (all training epochs behind this network, ancestors / pre-training included),
-``wall_time`` (seconds, likewise cumulative), ``widths``, ``node``, ``lineage``.
+``wall_time`` (seconds, likewise cumulative), ``mac_epochs`` (multiply-accumulates of one forward
+pass x epochs: the training compute behind this network's own training), ``widths``, ``node``, ``lineage``.
+
+Each arm is one :class:`ArmSpec` in :data:`ARM_SPECS` (name -> run function, family, label): the
+comparison's arm list, the report's order and its labels derive from it.
 
 Arms:
 
@@ -25,13 +29,15 @@ Arms:
     randomly initialised neurons (:func:`add_new_neurons`), training the same epochs per step.
 ``scratch``
     The splitting lineage's architecture at this step (``widths``), freshly initialised and trained
-    for the same total number of epochs as the lineage.
+    for the same total number of epochs as the lineage (``retrain_epochs: matched``, the
+    compute-matched claim) or for one round's schedule (``retrain_epochs: round``: the paper's
+    Fig. 3c-d architecture claim; reported as ``scratch_round``).
 ``pruned_scratch``
     A pruner's architecture (``widths`` of its trial) freshly initialised and trained for the lineage's
     total epochs at that ratio (the paper's Fig. 3c-d); reported as ``<pruner>_scratch``.
 ``uniform``
     A uniform width multiplier of the full model matched to ``target_params``
-    (:func:`uniform_width_model`), same total epochs.
+    (:func:`uniform_width_model`), same epochs as ``scratch`` (``uniform_round`` with one round's schedule).
 ``width``
     Width search: widths from ``mult_<i>`` parameters (or ``widths``) (search_spaces/*.json with NNI's built-in
     tuners, or an ``nni.nas`` strategy through :mod:`nni_splitting.baselines.nas`).  With
@@ -49,22 +55,28 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
+from torch import nn
 
-__all__ = ["ARMS", "FAMILIES", "COMPARE_DEFAULTS", "run_arm", "main"]
+from .baselines import add_new_neurons, prune_to_ratio, random_split, uniform_width_model, widths_from_params
+from .checkpoint import load_checkpoint, save_checkpoint
+from .counting import count_model
+from .data import dummy_input, load_dataset, make_loaders
+from .models import build_model, current_widths
+from .storage import trial_output_dir
+from .training import evaluate
+from .trial import device_of, load_overrides, model_kwargs, resolve_params, run_trial, train_network
 
-_logger = logging.getLogger("nni_splitting.arms")
+__all__ = ["ArmSpec", "ARM_SPECS", "ARMS", "FAMILIES", "PRUNING_ARMS", "GROWTH_ARMS", "COMPARE_DEFAULTS",
+           "RETRAIN_EPOCHS", "resolve_arm_params", "run_arm", "arm_label", "main"]
+
+logger = logging.getLogger(__name__)
 
 PRUNING_ARMS = ("l1", "slim", "fpgm", "taylor", "bn_slim")
 GROWTH_ARMS = ("random_split", "new_neurons")
-#: arm -> family (the ``method`` column)
-FAMILIES: Dict[str, str] = {"splitting": "splitting", "full": "full", **{a: "pruning" for a in PRUNING_ARMS},
-                            "random_split": "growth", "new_neurons": "growth", "scratch": "retrain",
-                            "pruned_scratch": "retrain",
-                            "uniform": "width", "width": "width_search"}
-ARMS = tuple(FAMILIES)
+RETRAIN_EPOCHS = ("matched", "round")
 
 #: Keys of the comparison beyond the splitting trial's settings.
 COMPARE_DEFAULTS: Dict[str, Any] = {
@@ -79,35 +91,178 @@ COMPARE_DEFAULTS: Dict[str, Any] = {
     "target_params": None,        # uniform: parameter count
     "split_counts": [],           # random_split / new_neurons: [{layer: count}] per step
     "total_epochs": None,         # scratch / uniform: epochs to train (default: seed_epochs + step * epochs)
+    "retrain_epochs": "matched",  # scratch / uniform / pruned_scratch: "matched" (total_epochs) or "round" (epochs)
     "ancestor_epochs": 0,         # splitting: epochs of the ancestors
     "ancestor_wall_time": 0.0,
     "max_params_ratio": None,     # width: parameter budget (fraction of the full model) of a search
-    "arm_label": "",              # the reported arm name (default: arm), e.g. "nas_tpe", "l1_scratch"
+    "arm_label": "",              # the reported arm name (default: arm_label(arm, params)), e.g. "nas_tpe"
     "matched_epochs": None,       # pruners: the lineage's total epochs at this ratio (for pruned_scratch)
 }
 
 
-def _resolve(received: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    from .trial import resolve_params
+class ArmContext(NamedTuple):
+    """What every arm's run function gets: resolved parameters, data, loaders, the model's keywords."""
+    params: Dict[str, Any]
+    data: Any
+    loaders: Tuple[Any, Any, Any]
+    dummy: torch.Tensor
+    kwargs: Dict[str, Any]
+    device: torch.device
+    report: Callable[[dict], None]
+
+
+class ArmOutcome(NamedTuple):
+    """An arm's trained network, its validation accuracy, its epochs (cumulative) and extra columns."""
+    model: nn.Module
+    val_accuracy: Optional[float]
+    epochs: float
+    extra: Dict[str, Any]
+    prior_wall_time: float = 0.0
+
+
+class ArmSpec(NamedTuple):
+    """One arm: ``run(context) -> ArmOutcome``, its family (the ``method`` column) and its report label."""
+    run: Callable[[ArmContext], ArmOutcome]
+    family: str
+    label: str
+
+
+def _seed_epochs(p) -> int:
+    return int(p["seed_epochs"] or p["epochs"])
+
+
+def _retrain_epochs(p) -> int:
+    """Epochs of a from-scratch arm: the lineage's total (compute-matched) or one round's schedule."""
+    if p["retrain_epochs"] == "round":
+        return int(p["epochs"])
+    return int(p["total_epochs"] or (_seed_epochs(p) + int(p["step"]) * int(p["epochs"])))
+
+
+def _train(ctx: ArmContext, model: nn.Module, epochs) -> float:
+    return train_network(model, ctx.loaders, dict(ctx.params, step=1, seed_epochs=None), ctx.report, epochs=int(epochs))
+
+
+def _run_full(ctx: ArmContext) -> ArmOutcome:
+    model = build_model(ctx.params["model"], widths=None, **ctx.kwargs).to(ctx.device)
+    epochs = int(ctx.params["full_epochs"] or ctx.params["epochs"])
+    return ArmOutcome(model, _train(ctx, model, epochs), epochs, {})
+
+
+def _run_pruner(ctx: ArmContext) -> ArmOutcome:
+    p = ctx.params
+    if not p["full_checkpoint"]:
+        raise ValueError(f"arm {p['arm']} needs full_checkpoint (the trained full-width model)")
+    full, _ = load_checkpoint(p["full_checkpoint"])
+    steps = int(p["prune_training_steps"])
+    model, _ = prune_to_ratio(full, p["arm"], float(p["target_ratio"]), ctx.dummy, evaluator=ctx.loaders[0],
+                              training_steps=steps, lr=0.01, seed=p["seed"])
+    model = model.to(ctx.device)
+    extra = {"pruned_val_accuracy": evaluate(model, ctx.loaders[1]), "target_ratio": float(p["target_ratio"])}
+    finetune = int(p["finetune_epochs"] or p["epochs"])
+    val = _train(ctx, model, finetune)
+    trained_steps = steps / max(1, len(ctx.loaders[0])) if p["arm"] in ("slim", "taylor", "bn_slim") else 0.0
+    return ArmOutcome(model, val, float(p["prior_epochs"] or 0) + trained_steps + finetune, extra,
+                      float(p["prior_wall_time"] or 0))
+
+
+def _run_growth_baseline(ctx: ArmContext) -> ArmOutcome:
+    p = ctx.params
+    model = build_model(p["model"], widths=list(p["widths_seed"]), **ctx.kwargs).to(ctx.device)
+    val = _train(ctx, model, _seed_epochs(p))
+    epochs = _seed_epochs(p)
+    for k, counts in enumerate(p["split_counts"] or []):
+        counts = {layer: int(c) for layer, c in counts.items() if int(c) > 0}
+        model = model.cpu().eval()
+        generator_seed = int(p["seed"]) * 1000 + k
+        if p["arm"] == "random_split":
+            model, _ = random_split(model, ctx.dummy, counts, epsilon=float(p["epsilon"]), seed=generator_seed)
+        else:
+            model, _ = add_new_neurons(model, ctx.dummy, counts, seed=generator_seed)
+        model = model.to(ctx.device)
+        val = _train(ctx, model, p["epochs"])
+        epochs += int(p["epochs"])
+    return ArmOutcome(model, val, epochs, {})
+
+
+def _run_scratch(ctx: ArmContext) -> ArmOutcome:
+    p = ctx.params
+    if not p["widths"]:
+        raise ValueError(f"arm {p['arm']} needs widths (the architecture to train from scratch)")
+    model = build_model(p["model"], widths=list(p["widths"]), **ctx.kwargs).to(ctx.device)
+    epochs = _retrain_epochs(p)
+    return ArmOutcome(model, _train(ctx, model, epochs), epochs, {})
+
+
+def _run_uniform(ctx: ArmContext) -> ArmOutcome:
+    model, multiplier = uniform_width_model(ctx.params["model"], int(ctx.params["target_params"]), ctx.dummy,
+                                            **ctx.kwargs)
+    model = model.to(ctx.device)
+    epochs = _retrain_epochs(ctx.params)
+    return ArmOutcome(model, _train(ctx, model, epochs), epochs, {"width_multiplier": multiplier})
+
+
+def _run_width(ctx: ArmContext) -> ArmOutcome:
+    p = ctx.params
+    name = p["model"]
+    widths = list(p["widths"]) if p["widths"] else widths_from_params(name, p)
+    model = build_model(name, widths=widths, **ctx.kwargs)
+    budget = p["max_params_ratio"]
+    full_params = count_model(build_model(name, widths=None, **ctx.kwargs).eval(), ctx.dummy)[1]
+    ratio = count_model(model.eval(), ctx.dummy)[1] / full_params
+    if budget is not None and ratio > float(budget):  # the search's parameter budget: not trained
+        logger.info("width sample %s: %.2f%% of the full parameters > budget %.2f%%, not trained",
+                    widths, 100 * ratio, 100 * float(budget))
+        return ArmOutcome(model, None, 0.0, {"over_budget": 1})
+    model = model.to(ctx.device)
+    epochs = int(p["total_epochs"] or p["epochs"])
+    return ArmOutcome(model, _train(ctx, model, epochs), epochs, {})
+
+
+def _run_splitting(ctx: ArmContext) -> ArmOutcome:  # pragma: no cover - run_arm delegates to run_trial
+    raise RuntimeError("the splitting arm runs through nni_splitting.trial.run_trial")
+
+
+#: name -> ArmSpec; ``method`` column = family.  Add an arm here and nowhere else.
+ARM_SPECS: Dict[str, ArmSpec] = {
+    "splitting": ArmSpec(_run_splitting, "splitting", "splitting"),
+    "full": ArmSpec(_run_full, "full", "full"),
+    **{name: ArmSpec(_run_pruner, "pruning", name) for name in PRUNING_ARMS},
+    **{name: ArmSpec(_run_growth_baseline, "growth", name) for name in GROWTH_ARMS},
+    "scratch": ArmSpec(_run_scratch, "retrain", "scratch"),
+    "pruned_scratch": ArmSpec(_run_scratch, "retrain", "pruned_scratch"),
+    "uniform": ArmSpec(_run_uniform, "width", "uniform"),
+    "width": ArmSpec(_run_width, "width_search", "width"),
+}
+#: arm -> family (the ``method`` column)
+FAMILIES: Dict[str, str] = {name: spec.family for name, spec in ARM_SPECS.items()}
+ARMS = tuple(ARM_SPECS)
+
+
+def arm_label(arm: str, params: Dict[str, Any]) -> str:
+    """The reported arm name: ``arm_label`` when given, else the spec's label, ``_round`` appended to the
+    from-scratch arms trained with one round's schedule."""
+    if params.get("arm_label"):
+        return params["arm_label"]
+    label = ARM_SPECS[arm].label
+    if arm in ("scratch", "uniform", "pruned_scratch") and params.get("retrain_epochs") == "round":
+        label += "_round"
+    return label
+
+
+def resolve_arm_params(received: Optional[Dict[str, Any]], overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Comparison defaults, then NNI's parameters, then overrides; validated (``ValueError`` quoting the value)."""
     merged = {**COMPARE_DEFAULTS, **(received or {}), **(overrides or {})}
-    if merged["arm"] not in FAMILIES:
-        raise ValueError(f"arm must be one of {list(FAMILIES)}, got {merged['arm']!r}")
+    if merged["arm"] not in ARM_SPECS:
+        raise ValueError(f"arm must be one of {list(ARM_SPECS)}, got {merged['arm']!r}")
+    if merged["retrain_epochs"] not in RETRAIN_EPOCHS:
+        raise ValueError(f"retrain_epochs must be one of {RETRAIN_EPOCHS}, got {merged['retrain_epochs']!r}")
     budget = merged["max_params_ratio"]
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1):
         raise ValueError(f"max_params_ratio must be a fraction in (0, 1], got {budget!r}")
     return resolve_params(merged)
 
 
-def _train_epochs(model, loaders, p: Dict[str, Any], epochs: int, report: Callable[[dict], None]) -> float:
-    from .trial import _train
-    if epochs <= 0:
-        from .trial import _accuracy
-        return _accuracy(model, loaders[1])
-    return _train(model, loaders, dict(p, epochs=int(epochs), step=1, seed_epochs=None), report)
-
-
-def _seed_epochs(p) -> int:
-    return int(p["seed_epochs"] or p["epochs"])
+_resolve = resolve_arm_params  # the name older tests import
 
 
 def run_arm(p: Dict[str, Any], output_dir: Path, report: Callable[[dict], None] = lambda r: None,
@@ -118,127 +273,50 @@ def run_arm(p: Dict[str, Any], output_dir: Path, report: Callable[[dict], None] 
     if p["num_threads"]:
         torch.set_num_threads(p["num_threads"])
     if arm == "splitting":
-        from .trial import run_trial
         result = run_trial(p, output_dir, report, trial_id, experiment_id)
         own_epochs = _seed_epochs(p) if p["step"] == 0 else int(p["epochs"])
         result.update(arm="splitting", method="splitting", seed=p["seed"], test_accuracy=result["default"],
                       epochs=int(p["ancestor_epochs"] or 0) + own_epochs,
+                      mac_epochs=float(result["flops"]) * own_epochs,
                       wall_time=float(p["ancestor_wall_time"] or 0) + (time.time() - started))
         return result
-
-    from . import count_model
-    from .baselines import add_new_neurons, prune_to_ratio, random_split, uniform_width_model, widths_from_params
-    from .data import dummy_input, load_dataset, make_loaders
-    from .models import build_model, current_widths, default_widths, scale_widths
-    from .trial import _accuracy, _device, _model_kwargs
 
     data = load_dataset(p["dataset"], data_dir=p["data_dir"], val_fraction=p["val_fraction"],
                         per_class=p["per_class"], seed=p["data_seed"])
     torch.manual_seed(p["seed"])
     loaders = make_loaders(data, batch_size=p["batch_size"], seed=p["seed"], eval_batch_size=p["eval_batch_size"])
-    dummy = dummy_input(data)
-    kwargs = _model_kwargs(p["model"], data)
-    device = _device(p["device"])
-    name = p["model"]
-    epochs = 0.0
-    prior_wall = 0.0
-    extra: Dict[str, Any] = {}
-    matched = p["total_epochs"] or (_seed_epochs(p) + int(p["step"]) * int(p["epochs"]))
-
-    if arm == "full":
-        model = build_model(name, widths=None, **kwargs).to(device)
-        epochs = p["full_epochs"] or p["epochs"]
-        val = _train_epochs(model, loaders, p, epochs, report)
-    elif arm in PRUNING_ARMS:
-        if not p["full_checkpoint"]:
-            raise ValueError(f"arm {arm} needs full_checkpoint (the trained full-width model)")
-        state = torch.load(p["full_checkpoint"], map_location="cpu", weights_only=True)
-        full = build_model(state["model"], widths=state["widths"], **state["model_config"])
-        full.load_state_dict(state["state_dict"])
-        steps = int(p["prune_training_steps"])
-        model, info = prune_to_ratio(full, arm, float(p["target_ratio"]), dummy, evaluator=loaders[0],
-                                     training_steps=steps, lr=0.01, seed=p["seed"])
-        model = model.to(device)
-        extra.update(pruned_val_accuracy=_accuracy(model, loaders[1]), target_ratio=float(p["target_ratio"]))
-        finetune = p["finetune_epochs"] or p["epochs"]
-        val = _train_epochs(model, loaders, p, finetune, report)
-        trained_steps = steps / max(1, len(loaders[0])) if arm in ("slim", "taylor", "bn_slim") else 0.0
-        epochs = float(p["prior_epochs"] or 0) + trained_steps + finetune
-        prior_wall = float(p["prior_wall_time"] or 0)
-    elif arm in GROWTH_ARMS:
-        model = build_model(name, widths=list(p["widths_seed"]), **kwargs).to(device)
-        val = _train_epochs(model, loaders, p, _seed_epochs(p), report)
-        epochs = _seed_epochs(p)
-        for k, counts in enumerate(p["split_counts"] or []):
-            counts = {layer: int(c) for layer, c in counts.items() if int(c) > 0}
-            model = model.cpu().eval()
-            gen_seed = int(p["seed"]) * 1000 + k
-            if arm == "random_split":
-                model, _ = random_split(model, dummy, counts, epsilon=float(p["epsilon"]), seed=gen_seed)
-            else:
-                model, _ = add_new_neurons(model, dummy, counts, seed=gen_seed)
-            model = model.to(device)
-            val = _train_epochs(model, loaders, p, int(p["epochs"]), report)
-            epochs += int(p["epochs"])
-    elif arm in ("scratch", "pruned_scratch"):
-        if not p["widths"]:
-            raise ValueError(f"arm {arm} needs widths (the architecture to train from scratch)")
-        model = build_model(name, widths=list(p["widths"]), **kwargs).to(device)
-        val = _train_epochs(model, loaders, p, matched, report)
-        epochs = matched
-    elif arm == "uniform":
-        model, mult = uniform_width_model(name, int(p["target_params"]), dummy, **kwargs)
-        model = model.to(device)
-        extra["width_multiplier"] = mult
-        val = _train_epochs(model, loaders, p, matched, report)
-        epochs = matched
-    elif arm == "width":
-        widths = list(p["widths"]) if p["widths"] else widths_from_params(name, p)
-        model = build_model(name, widths=widths, **kwargs)
-        budget = p["max_params_ratio"]
-        full_params = count_model(build_model(name, widths=None, **kwargs).eval(), dummy)[1]
-        ratio = count_model(model.eval(), dummy)[1] / full_params
-        if budget is not None and ratio > float(budget):  # the search's parameter budget: not trained
-            _logger.info("width sample %s: %.2f%% of the full parameters > budget %.2f%%, not trained",
-                         widths, 100 * ratio, 100 * float(budget))
-            val, epochs, extra["over_budget"] = None, 0.0, 1
-        else:
-            model = model.to(device)
-            epochs = p["total_epochs"] or p["epochs"]
-            val = _train_epochs(model, loaders, p, epochs, report)
-    else:  # pragma: no cover - checked in _resolve
-        raise ValueError(arm)
-
-    test = None if extra.get("over_budget") else _accuracy(model, loaders[2])
-    model = model.cpu().eval()
-    flops, n_params = count_model(model, dummy)
-    reference = build_model(name, widths=None, **kwargs)
-    ref_flops, ref_params = count_model(reference.eval(), dummy)
+    ctx = ArmContext(p, data, loaders, dummy_input(data), model_kwargs(p["model"], data), device_of(p["device"]),
+                     report)
+    outcome = ARM_SPECS[arm].run(ctx)
+    over_budget = bool(outcome.extra.get("over_budget"))
+    test = None if over_budget else evaluate(outcome.model, loaders[2])
+    model = outcome.model.cpu().eval()
+    flops, n_params = count_model(model, ctx.dummy)
+    ref_flops, ref_params = count_model(build_model(p["model"], widths=None, **ctx.kwargs).eval(), ctx.dummy)
     widths = current_widths(model) if hasattr(model, "width_layers") else []
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = output_dir / "checkpoint.pt"
     if arm == "full":
-        torch.save({"model": name, "widths": widths, "model_config": dict(model.config),
-                    "state_dict": model.state_dict()}, checkpoint)
+        save_checkpoint(checkpoint, model, p["model"])
+    own_epochs = float(outcome.epochs) - float(p["prior_epochs"] or 0) if arm in PRUNING_ARMS else float(outcome.epochs)
     seconds = time.time() - started
     result = {
-        "default": (val or 0.0) if arm == "width" else test, "test_accuracy": test, "val_accuracy": val,
-        "arm": p["arm_label"] or arm, "method": FAMILIES[arm], "seed": p["seed"],
+        "default": (outcome.val_accuracy or 0.0) if arm == "width" else test, "test_accuracy": test,
+        "val_accuracy": outcome.val_accuracy, "arm": arm_label(arm, p), "method": FAMILIES[arm], "seed": p["seed"],
         "step": p["step"], "params": n_params, "flops": flops, "params_ratio": n_params / ref_params,
-        "flops_ratio": flops / ref_flops, "epochs": float(epochs), "wall_time": prior_wall + seconds,
-        "seconds": seconds, "widths": ",".join(str(w) for w in widths), "node": p["node_id"],
+        "flops_ratio": flops / ref_flops, "epochs": float(outcome.epochs), "mac_epochs": float(flops) * own_epochs,
+        "wall_time": outcome.prior_wall_time + seconds, "seconds": seconds,
+        "widths": ",".join(str(w) for w in widths), "node": p["node_id"],
         "lineage": p["lineage"], "checkpoint": str(checkpoint) if arm == "full" else "",
     }
-    result.update(extra)
+    result.update(outcome.extra)
     return result
 
 
 def main(argv=None) -> int:
     """Entry point of ``python -m nni_splitting.arms``."""
-    import nni
-    from .storage import trial_output_dir
-    from .trial import _load_overrides
+    import nni  # deferred: importing this module (tests, scripts) must not start NNI's trial runtime
 
     parser = argparse.ArgumentParser(prog="python -m nni_splitting.arms", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir")
@@ -252,7 +330,7 @@ def main(argv=None) -> int:
     package_logger.setLevel(logging.INFO)
     try:
         try:
-            p = _resolve(received, _load_overrides(args.params))
+            p = resolve_arm_params(received, load_overrides(args.params))
         except ValueError as error:
             print(f"nni_splitting.arms: bad parameters: {error}", file=sys.stderr)
             return 2
@@ -261,14 +339,17 @@ def main(argv=None) -> int:
                                                          os.environ.get("NNI_OUTPUT_DIR"))
         if output_dir is None:
             output_dir = Path("runs") / time.strftime("arm-%Y%m%d-%H%M%S")
-        _logger.info("arm %s, parameters: %s", p["arm"], json.dumps(p, sort_keys=True, default=str))
+        logger.info("arm %s, parameters: %s", p["arm"], json.dumps(p, sort_keys=True, default=str))
         try:
             result = run_arm(p, Path(output_dir), nni.report_intermediate_result, trial_id, experiment_id)
         except FileNotFoundError as error:
             print(f"nni_splitting.arms: {error}", file=sys.stderr)
             return 3
+        except ValueError as error:  # e.g. a truncated full checkpoint (CheckpointError names the file)
+            print(f"nni_splitting.arms: {error}", file=sys.stderr)
+            return 4
         nni.report_final_result(result)
-        _logger.info("final result: %s", json.dumps(result, sort_keys=True))
+        logger.info("final result: %s", json.dumps(result, sort_keys=True))
         return 0
     finally:
         package_logger.removeHandler(handler)

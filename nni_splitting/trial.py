@@ -32,7 +32,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-__all__ = ["TRAIN_DEFAULTS", "ARCH_DEFAULTS", "check_train_settings", "resolve_params", "run_trial", "main"]
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .counting import count_model, neuron_costs
+from .data import DATASETS, dummy_input, load_dataset, make_loaders
+from .models import build_model, current_widths, scale_widths
+from .splitting import compute_splitting, load_splits, save_splits
+from .storage import INDEX_FILE, SPLITS_FILE, CHECKPOINT_FILE, atomic_save, atomic_write_json, trial_output_dir
+from .surgery import apply_splits
+from .training import Recipe, evaluate, fit
+
+__all__ = ["TRAIN_DEFAULTS", "ARCH_DEFAULTS", "check_train_settings", "resolve_params", "recipe_of", "model_kwargs",
+           "build_network", "device_of", "load_overrides", "train_network", "split_loader", "run_trial", "main"]
 
 _logger = logging.getLogger("nni_splitting.trial")
 
@@ -42,16 +52,23 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "data_dir": None,          # folder of the data set files (not needed for digits)
     "epochs": 8,               # epochs of every trial ...
     "seed_epochs": None,       # ... except the seed network (step 0), when set
-    "lr": 0.05,                # SGD learning rate (cosine-annealed over the trial's epochs)
+    "lr": 0.05,                # SGD learning rate (annealed by `schedule` over the trial's epochs)
     "momentum": 0.9,
     "weight_decay": 5e-4,
+    "nesterov": False,
+    "schedule": "cosine",      # "cosine", "step" (x gamma at milestones) or "constant"; fresh optimizer every trial
+    "milestones": [0.5, 0.75], # step schedule: fractions of the epochs
+    "gamma": 0.1,
+    "warmup_epochs": 0,        # linear warm-up
+    "augment": "auto",         # "auto" (random crop pad 4 + flip for CIFAR-size inputs), "crop_flip", "none"
     "batch_size": 64,
     "eval_batch_size": 512,
     "seed": 0,                 # initialisation / shuffling seed (the tuner adds the lineage index)
     "data_seed": 0,            # seed of the validation split: keep it equal across trials
     "val_fraction": 0.1,
     "per_class": None,         # at most this many training examples per class
-    "split_batches": 8,        # batches used to compute the splitting matrices
+    "split_batches": 8,        # batches used to compute the splitting matrices ...
+    "split_samples": None,     # ... or, when set, this many training images (split_batches is then ignored)
     "split_batch_size": None,  # default: batch_size
     "split_data": "train",     # "train" (the loss being descended, as in the paper) or "val"
     "num_threads": None,       # torch.set_num_threads
@@ -79,7 +96,7 @@ ARCH_DEFAULTS: Dict[str, Any] = {
 }
 
 _INT_KEYS = ("epochs", "batch_size", "eval_batch_size", "seed", "data_seed", "split_batches")
-_OPTIONAL_INT_KEYS = ("seed_epochs", "per_class", "split_batch_size", "num_threads")
+_OPTIONAL_INT_KEYS = ("seed_epochs", "per_class", "split_batch_size", "num_threads", "split_samples")
 
 
 def _is_int(value) -> bool:
@@ -98,7 +115,6 @@ def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown trial settings {unknown}; known: {sorted(TRAIN_DEFAULTS)}")
     merged = {**TRAIN_DEFAULTS, **settings}
-    from .data import DATASETS
     if merged["dataset"] not in DATASETS:
         raise ValueError(f"trial.dataset must be one of {list(DATASETS)}, got {merged['dataset']!r}")
     if merged["data_dir"] is not None and not isinstance(merged["data_dir"], str):
@@ -118,6 +134,10 @@ def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"trial.val_fraction must be in (0, 1), got {merged['val_fraction']!r}")
     if not isinstance(merged["device"], str) or not merged["device"]:
         raise ValueError(f"trial.device must be a device string such as 'cpu' or 'cuda', got {merged['device']!r}")
+    try:
+        Recipe.from_dict({**merged, "epochs": merged["epochs"]})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"trial training recipe: {error}") from None
     if merged["split_data"] not in ("train", "val"):
         raise ValueError(f"trial.split_data must be 'train' or 'val', got {merged['split_data']!r}")
     return merged
@@ -131,7 +151,13 @@ def resolve_params(received: Optional[Dict[str, Any]], overrides: Optional[Dict[
     return params
 
 
-def _model_kwargs(name: str, data) -> Dict[str, Any]:
+def recipe_of(params: Dict[str, Any], epochs: Optional[int] = None) -> Recipe:
+    """The training :class:`~nni_splitting.training.Recipe` of resolved parameters (``epochs`` overrides)."""
+    return Recipe.from_dict({**params, "epochs": int(epochs if epochs is not None else params["epochs"])})
+
+
+def model_kwargs(name: str, data) -> Dict[str, Any]:
+    """Constructor keywords of model ``name`` for data set splits ``data`` (classes, input size)."""
     if name == "mlp":
         return {"in_features": int(math.prod(data.input_shape)), "num_classes": data.num_classes}
     if name == "rbf":
@@ -139,18 +165,19 @@ def _model_kwargs(name: str, data) -> Dict[str, Any]:
     return {"num_classes": data.num_classes, "in_channels": data.in_channels}
 
 
-def _build(params: Dict[str, Any], data):
-    """The network to train: a fresh seed, or the parent grown by its split plan."""
-    from . import apply_splits, load_splits
-    from .models import build_model, current_widths, scale_widths
+def build_network(params: Dict[str, Any], data) -> nn.Module:
+    """The network to train: a fresh seed, or the parent checkpoint grown by its split plan.
 
+    Raises
+    ------
+    CheckpointError
+        The parent checkpoint is missing, truncated or foreign (the message names the file).
+    """
     name = params["model"]
     if not params["parent_checkpoint"]:
         widths = params["widths"] or scale_widths(name, params["width_multiplier"] or 1.0)
-        return build_model(name, widths=list(widths), **_model_kwargs(name, data))
-    state = torch.load(params["parent_checkpoint"], map_location="cpu", weights_only=True)
-    parent = build_model(state["model"], widths=state["widths"], **state["model_config"])
-    parent.load_state_dict(state["state_dict"])
+        return build_model(name, widths=list(widths), **model_kwargs(name, data))
+    parent, state = load_checkpoint(params["parent_checkpoint"])
     splits = load_splits(params["parent_splits"])
     plan = {k: [int(i) for i in v] for k, v in (params["split_plan"] or {}).items()}
     model = apply_splits(parent, splits, plan, epsilon=float(params["epsilon"]))
@@ -161,65 +188,49 @@ def _build(params: Dict[str, Any], data):
     return model
 
 
-def _device(name: str) -> torch.device:
+def device_of(name: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU; any other name is a torch device string."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def _accuracy(model: nn.Module, loader: DataLoader) -> float:
-    model.eval()
-    device = next(model.parameters()).device
-    correct = total = 0
-    with torch.no_grad():
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(device), targets.to(device)
-            correct += int((model(inputs).argmax(1) == targets).sum())
-            total += int(targets.numel())
-    return correct / max(total, 1)
+def train_network(model: nn.Module, loaders, params: Dict[str, Any], report: Callable[[dict], None],
+                  epochs: Optional[int] = None) -> float:
+    """Train by the parameters' recipe (``epochs``: default the step's own) and return the validation accuracy.
 
-
-def _train(model: nn.Module, loaders, params: Dict[str, Any], report: Callable[[dict], None]) -> float:
-    from tqdm import tqdm
-
+    With ``epochs=0`` nothing is trained; the validation accuracy is still measured.
+    """
     train_loader, val_loader, _ = loaders
-    epochs = params["seed_epochs"] if params["step"] == 0 and params["seed_epochs"] else params["epochs"]
-    optimizer = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"],
-                                weight_decay=params["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(train_loader)))
-    loss_fn = nn.CrossEntropyLoss()
-    device = next(model.parameters()).device
-    val_acc = 0.0
-    for epoch in range(epochs):
-        model.train()
-        total_loss, seen = 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stdout, ascii=True,
-                   mininterval=5.0, leave=True)
-        for inputs, targets in bar:
-            inputs, targets = inputs.to(device), targets.to(device)
-            optimizer.zero_grad()
-            loss = loss_fn(model(inputs), targets)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(targets)
-            seen += len(targets)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
-        bar.close()
-        val_acc = _accuracy(model, val_loader)
-        report({"default": val_acc, "train_loss": total_loss / max(seen, 1), "epoch": epoch + 1})
-        _logger.info("epoch %d/%d: train loss %.4f, val accuracy %.4f", epoch + 1, epochs, total_loss / max(seen, 1),
-                     val_acc)
-    return val_acc
+    if epochs is None:
+        epochs = params["seed_epochs"] if params["step"] == 0 and params["seed_epochs"] else params["epochs"]
+    if int(epochs) <= 0:
+        return evaluate(model, val_loader)
+    history = fit(model, train_loader, recipe_of(params, epochs), val_loader=val_loader, report=report,
+                  seed=int(params["seed"]), progress=True)
+    _logger.info("trained %d epochs in %.0f s; last-quarter loss change %s", int(epochs), history["seconds"],
+                 None if history["loss_change"] is None else f"{100 * history['loss_change']:.1f}%")
+    return history["val_accuracy"][-1]
+
+
+def split_loader(params: Dict[str, Any], data) -> DataLoader:
+    """Batches that the splitting matrices are averaged over: ``split_samples`` images when set,
+    else ``split_batches`` batches (``compute_splitting``'s ``max_batches``)."""
+    source = data.train if params["split_data"] == "train" else data.val
+    generator = torch.Generator().manual_seed(params["seed"])
+    return DataLoader(source, batch_size=params["split_batch_size"] or params["batch_size"], shuffle=True,
+                      generator=generator)
+
+
+def _split_batches(params: Dict[str, Any]) -> Optional[int]:
+    if params["split_samples"]:
+        return max(1, math.ceil(params["split_samples"] / (params["split_batch_size"] or params["batch_size"])))
+    return params["split_batches"]
 
 
 def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Callable[[dict], None] = lambda r: None,
               trial_id: str = "STANDALONE", experiment_id: str = "STANDALONE") -> Dict[str, Any]:
     """Train, evaluate, score and save one network; return the flat final result (not reported here)."""
-    from . import compute_splitting, count_model, neuron_costs, save_splits
-    from .data import dummy_input, load_dataset, make_loaders
-    from .models import build_model, current_widths
-    from .storage import CHECKPOINT_FILE, INDEX_FILE, SPLITS_FILE, atomic_save, atomic_write_json
 
     started = time.time()
     if params["num_threads"]:
@@ -227,29 +238,27 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
     data = load_dataset(params["dataset"], data_dir=params["data_dir"], val_fraction=params["val_fraction"],
                         per_class=params["per_class"], seed=params["data_seed"])
     torch.manual_seed(params["seed"])
-    model = _build(params, data).to(_device(params["device"]))
+    model = build_network(params, data).to(device_of(params["device"]))
     widths = current_widths(model)
     _logger.info("node %s (lineage %s, step %s): %s with widths %s on %s", params["node_id"] or "-",
                  params["lineage"], params["step"], params["model"], widths, next(model.parameters()).device)
     loaders = make_loaders(data, batch_size=params["batch_size"], seed=params["seed"],
                            eval_batch_size=params["eval_batch_size"])
-    val_acc = _train(model, loaders, params, report_intermediate)
-    test_acc = _accuracy(model, loaders[2])
+    val_acc = train_network(model, loaders, params, report_intermediate)
+    test_acc = evaluate(model, loaders[2])
     train_seconds = time.time() - started
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint, splits_path, index_path = (output_dir / n for n in (CHECKPOINT_FILE, SPLITS_FILE, INDEX_FILE))
-    split_source = data.train if params["split_data"] == "train" else data.val
-    generator = torch.Generator().manual_seed(params["seed"])
-    split_loader = DataLoader(split_source, batch_size=params["split_batch_size"] or params["batch_size"],
-                              shuffle=True, generator=generator)
     model.eval()
     dummy = dummy_input(data)
-    splits, costs, error = None, {}, ""
+    splits, costs, error, split_seconds = None, {}, "", None
     try:
-        splits = compute_splitting(model, nn.CrossEntropyLoss(), split_loader, method=params["split_method"],
-                                   max_batches=params["split_batches"])
+        phase_started = time.time()
+        splits = compute_splitting(model, nn.CrossEntropyLoss(), split_loader(params, data),
+                                   method=params["split_method"], max_batches=_split_batches(params))
+        split_seconds = time.time() - phase_started
         model = model.cpu()  # counting, costs and the checkpoint on the CPU
         costs = {kind: neuron_costs(model, dummy, kind=kind) for kind in ("params", "flops")}
         atomic_save(splits_path, lambda p: save_splits(splits, p))
@@ -257,9 +266,8 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
         _logger.exception("computing the splitting indexes failed")
         error = f"{type(exc).__name__}: {exc}"
         splits, costs, model = None, {}, model.cpu()
-    atomic_save(checkpoint, lambda p: torch.save(
-        {"model": params["model"], "widths": widths, "model_config": dict(model.config),
-         "state_dict": model.state_dict(), "node_id": params["node_id"], "step": params["step"]}, p))
+    checkpoint_sha256 = save_checkpoint(checkpoint, model, params["model"], node_id=params["node_id"],
+                                        step=params["step"])
     flops, n_params = count_model(model, dummy)
     reference = build_model(params["model"], widths=None, **model.config)
     ref_flops, ref_params = count_model(reference, dummy)
@@ -276,6 +284,7 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
                                                           "widths": list(reference.widths)},
         "accuracy": test_acc, "val_accuracy": val_acc, "checkpoint": str(checkpoint),
         "splits": str(splits_path) if splits is not None else "", "splitting_error": error,
+        "checkpoint_sha256": checkpoint_sha256,
     }
     atomic_write_json(index_path, info)
     result = {
@@ -285,7 +294,7 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
         "attempt": params["attempt"], "n_split": params["n_split"], "widths": ",".join(str(w) for w in widths),
         "min_index": min_index,
         "checkpoint": str(checkpoint), "splits": info["splits"], "indexes": str(index_path),
-        "seconds": time.time() - started, "train_seconds": train_seconds,
+        "seconds": time.time() - started, "train_seconds": train_seconds, "split_seconds": split_seconds,
     }
     if error:
         result["splitting_error"] = error
@@ -301,7 +310,7 @@ def _parse_args(argv):
     return parser.parse_args(argv)
 
 
-def _load_overrides(text: Optional[str]) -> Dict[str, Any]:
+def load_overrides(text: Optional[str]) -> Dict[str, Any]:
     if not text:
         return {}
     if text.startswith("@"):
@@ -314,7 +323,7 @@ def _load_overrides(text: Optional[str]) -> Dict[str, Any]:
 
 def main(argv=None) -> int:
     """Entry point of ``python -m nni_splitting.trial``; returns the exit status."""
-    import nni
+    import nni  # deferred: importing this module (tests, scripts) must not start NNI's trial runtime
 
     args = _parse_args(argv)
     received = nni.get_next_parameter() or {}  # first thing: see the parameter-queue note in docs/nni.md
@@ -330,11 +339,10 @@ def main(argv=None) -> int:
 
 
 def _main(args, received: Dict[str, Any]) -> int:
-    import nni
-    from .storage import trial_output_dir
+    import nni  # deferred: standalone use of this module (tests, scripts) need not start NNI's trial runtime
 
     try:
-        params = resolve_params(received, _load_overrides(args.params))
+        params = resolve_params(received, load_overrides(args.params))
     except ValueError as error:
         print(f"nni_splitting.trial: bad parameters: {error}", file=sys.stderr)
         return 2
@@ -351,6 +359,10 @@ def _main(args, received: Dict[str, Any]) -> int:
         print(f"nni_splitting.trial: {error}", file=sys.stderr)
         _logger.error("%s", error)
         return 3
+    except CheckpointError as error:  # a truncated or foreign parent checkpoint: the tuner falls back
+        print(f"nni_splitting.trial: {error}", file=sys.stderr)
+        _logger.error("%s", error)
+        return 4
     nni.report_final_result(result)
     _logger.info("final result: %s", json.dumps(result, sort_keys=True))
     return 0

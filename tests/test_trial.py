@@ -121,12 +121,12 @@ def test_bad_parameters_are_reported(tmp_path):
 
 def test_splitting_failure_keeps_trained_model(tmp_path, monkeypatch):
     """If the splitting indexes cannot be computed, the trained network and its accuracy are still saved."""
-    import nni_splitting
+    import nni_splitting.trial
 
     def broken(*args, **kwargs):
         raise RuntimeError("eigh did not converge")
 
-    monkeypatch.setattr(nni_splitting, "compute_splitting", broken)
+    monkeypatch.setattr(nni_splitting.trial, "compute_splitting", broken)
     result = run_trial(resolve_params({}, dict(FAST, widths=[2, 3, 4])), tmp_path)
     assert result["splitting_error"] == "RuntimeError: eigh did not converge"
     assert Path(result["checkpoint"]).exists() and result["splits"] == ""

@@ -20,6 +20,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+from ..arms import resolve_arm_params, run_arm
+from ..data import load_dataset
+from ..models import current_widths
+from ..storage import trial_output_dir
+from ..trial import model_kwargs
 from .growth import WIDTH_CHOICES, width_model_space
 
 __all__ = ["NAS_STRATEGIES", "evaluate_width_sample", "make_strategy", "run_nas_width_search"]
@@ -50,13 +55,9 @@ def evaluate_width_sample(model, settings: Mapping[str, Any]) -> Dict[str, Any]:
     ``model`` is the frozen :class:`WidthSpace` the strategy sampled; ``settings`` are the arm's
     parameters (data set, epochs, ``max_params_ratio``, ``arm_label``, ...).
     """
-    import nni
+    import nni  # deferred: NNI's trial runtime only where a trial runs
 
-    from ..arms import _resolve, run_arm
-    from ..models import current_widths
-    from ..storage import trial_output_dir
-
-    params = _resolve({**dict(settings), "arm": "width", "widths": current_widths(model.net)})
+    params = resolve_arm_params({**dict(settings), "arm": "width", "widths": current_widths(model.net)})
     trial_id, experiment_id = nni.get_trial_id(), nni.get_experiment_id()
     output_dir = trial_output_dir(params["storage_path"] or None, experiment_id, trial_id,
                                   os.environ.get("NNI_OUTPUT_DIR")) or Path("runs") / f"nas-{trial_id}"
@@ -105,15 +106,12 @@ def run_nas_width_search(model_name: str = "small_cnn", strategy: str = "tpe", m
     from nni.nas.evaluator import FunctionalEvaluator
     from nni.nas.experiment import NasExperiment
 
-    from ..arms import _resolve
-    from ..data import load_dataset
-    from ..trial import _model_kwargs
 
     trial_settings = {**dict(settings or {}), "model": model_name, "arm": "width",
                       "arm_label": f"nas_{strategy}", "max_params_ratio": max_params_ratio}
-    resolved = _resolve(trial_settings)  # bad settings fail here, not in every trial
+    resolved = resolve_arm_params(trial_settings)  # bad settings fail here, not in every trial
     data = load_dataset(resolved["dataset"], data_dir=resolved["data_dir"], per_class=resolved["per_class"])
-    space = width_model_space(model_name, choices, **_model_kwargs(model_name, data))
+    space = width_model_space(model_name, choices, **model_kwargs(model_name, data))
     evaluator = FunctionalEvaluator(evaluate_width_sample, settings=trial_settings)
     experiment = NasExperiment(space, evaluator, search)
     experiment.config.experiment_name = name or f"nas-{strategy}-{model_name}"
