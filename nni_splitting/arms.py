@@ -70,13 +70,12 @@ from .training import evaluate
 from .trial import device_of, load_overrides, model_kwargs, resolve_params, run_trial, train_network
 
 __all__ = ["ArmSpec", "ARM_SPECS", "ARMS", "FAMILIES", "PRUNING_ARMS", "GROWTH_ARMS", "COMPARE_DEFAULTS",
-           "RETRAIN_EPOCHS", "resolve_arm_params", "run_arm", "arm_label", "main"]
+           "resolve_arm_params", "run_arm", "arm_label", "main"]
 
 logger = logging.getLogger(__name__)
 
 PRUNING_ARMS = ("l1", "slim", "fpgm", "taylor", "bn_slim")
 GROWTH_ARMS = ("random_split", "new_neurons")
-RETRAIN_EPOCHS = ("matched", "round")
 
 #: Keys of the comparison beyond the splitting trial's settings.
 COMPARE_DEFAULTS: Dict[str, Any] = {
@@ -91,7 +90,6 @@ COMPARE_DEFAULTS: Dict[str, Any] = {
     "target_params": None,        # uniform: parameter count
     "split_counts": [],           # random_split / new_neurons: [{layer: count}] per step
     "total_epochs": None,         # scratch / uniform: epochs to train (default: seed_epochs + step * epochs)
-    "retrain_epochs": "matched",  # scratch / uniform / pruned_scratch: "matched" (total_epochs) or "round" (epochs)
     "ancestor_epochs": 0,         # splitting: epochs of the ancestors
     "ancestor_wall_time": 0.0,
     "max_params_ratio": None,     # width: parameter budget (fraction of the full model) of a search
@@ -254,8 +252,6 @@ def resolve_arm_params(received: Optional[Dict[str, Any]], overrides: Optional[D
     merged = {**COMPARE_DEFAULTS, **(received or {}), **(overrides or {})}
     if merged["arm"] not in ARM_SPECS:
         raise ValueError(f"arm must be one of {list(ARM_SPECS)}, got {merged['arm']!r}")
-    if merged["retrain_epochs"] not in RETRAIN_EPOCHS:
-        raise ValueError(f"retrain_epochs must be one of {RETRAIN_EPOCHS}, got {merged['retrain_epochs']!r}")
     budget = merged["max_params_ratio"]
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1):
         raise ValueError(f"max_params_ratio must be a fraction in (0, 1], got {budget!r}")

@@ -73,6 +73,8 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "split_data": "train",     # "train" (the loss being descended, as in the paper) or "val"
     "num_threads": None,       # torch.set_num_threads
     "device": "auto",          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+    "retrain_epochs": "matched",  # comparison arms trained from scratch (scratch, uniform, pruned_scratch):
+                                  # "matched" = the lineage's total epochs, "round" = one round's `epochs`
 }
 
 #: Architecture and lineage keys (set by the tuner).
@@ -138,6 +140,8 @@ def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
         Recipe.from_dict({**merged, "epochs": merged["epochs"]})
     except (TypeError, ValueError) as error:
         raise ValueError(f"trial training recipe: {error}") from None
+    if merged["retrain_epochs"] not in ("matched", "round"):
+        raise ValueError(f"trial.retrain_epochs must be 'matched' or 'round', got {merged['retrain_epochs']!r}")
     if merged["split_data"] not in ("train", "val"):
         raise ValueError(f"trial.split_data must be 'train' or 'val', got {merged['split_data']!r}")
     return merged
