@@ -6,12 +6,16 @@ eigenvalue, along its eigenvector::
     from nni_splitting import compute_splitting, select_neurons, apply_splits
     splits = compute_splitting(model, loss_fn, batches)
     plan = select_neurons(splits, max_splits=8)
-    grown = apply_splits(model, splits, plan, epsilon=1e-2)
+    grown = apply_splits(model, splits, plan, epsilon=0.1)
+
+Every selection rule is reachable by name (``select(splits, "lowest_fraction", fraction=0.3)``),
+and :class:`SplittingGrower` runs the whole loop NNI-style; the shared defaults are in
+:mod:`nni_splitting.defaults`.
 """
 from .counting import count_model, neuron_costs
 from .graph import NeuronGroup, find_neuron_groups, trace_model
-from .selection import select_neurons
-from .energy import select_energy_aware
+from .grower import SplittingGrower
+from .selection import SELECTION_RULES, register_selection_rule, select, select_energy_aware, select_neurons
 from .splitting import LayerSplitting, compute_splitting, load_splits, save_splits
 from .surgery import apply_splits
 
@@ -19,6 +23,10 @@ __all__ = [
     "compute_splitting",
     "select_neurons",
     "select_energy_aware",
+    "select",
+    "SELECTION_RULES",
+    "register_selection_rule",
+    "SplittingGrower",
     "apply_splits",
     "LayerSplitting",
     "NeuronGroup",

@@ -3,8 +3,14 @@
 A user with a model from a NAS search or a pruner, and an NNI ``TorchEvaluator`` (or a plain
 training function), grows it without nnictl::
 
-    grower = SplittingGrower(model, [{"op_types": ["Conv2d"], "grow_ratio": 0.1}], evaluator,
+    grower = SplittingGrower(model, [{"op_types": ["Conv2d"], "grow_ratio": 0.3}], evaluator,
                              batches=splitting_batches)
+    grown = grower.grow(steps=3)
+
+or with another selection rule by name (:data:`nni_splitting.selection.SELECTION_RULES`)::
+
+    grower = SplittingGrower(model, [{"op_types": ["Conv2d"], "selection": "lowest_fraction",
+                                      "fraction": 0.3}], evaluator, batches=splitting_batches)
     grown = grower.grow(steps=3)
 
 Each step runs the stages ``_train -> _compute_splitting -> _select -> _split``; a variant (random
@@ -13,16 +19,15 @@ splitting, new random neurons, ...) overrides one stage.
 from __future__ import annotations
 
 import logging
-import math
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
-import torch
 import torch.nn as nn
 
 from .activations import DEFAULT_SURROGATE_BETA
-from .counting import count_model
+from .counting import count_model, neuron_costs
+from .defaults import EPSILON, METHOD, SELECTION, THRESHOLD
 from .graph import find_neuron_groups, trace_model
-from .selection import select_neurons
+from .selection import rule_options, select, split_count
 from .splitting import LayerSplitting, compute_splitting
 from .surgery import apply_splits
 
@@ -30,16 +35,29 @@ __all__ = ["SplittingGrower", "resolve_config_list"]
 
 logger = logging.getLogger(__name__)
 
-_CONFIG_KEYS = {"op_types", "op_names", "exclude_op_names", "exclude", "max_splits", "grow_ratio", "max_per_layer"}
+_LAYER_KEYS = {"op_types", "op_names", "exclude_op_names", "exclude"}
+_COUNT_KEYS = {"max_splits", "grow_ratio"}
+#: Config keys passed to the selection rule as its options of the same name.
+_RULE_KEYS = {"max_per_layer", "threshold", "fraction", "budget", "groups", "solver"}
+_CONFIG_KEYS = _LAYER_KEYS | _COUNT_KEYS | _RULE_KEYS | {"selection", "cost"}
+#: Rules whose own option limits the count: no default ``grow_ratio`` cap is added to them.
+_SELF_LIMITED = {"lowest_fraction", "energy"}
 
 
-def resolve_config_list(model: nn.Module, config_list: Sequence[Mapping], candidates: Sequence[str]) -> List[dict]:
-    """Resolve NNI-style configs into ``[{"layers": [...], "max_splits": int|None, "max_per_layer": int|None}]``.
+def resolve_config_list(model: nn.Module, config_list: Sequence[Mapping], candidates: Sequence[str],
+                        selection: str = SELECTION, cost: str = "flops", threshold: float = THRESHOLD) -> List[dict]:
+    """Resolve NNI-style configs into ``[{"layers": [...], "selection": rule, "options": {...}, ...}]``.
 
     Each config selects layers by ``op_types`` (class names, e.g. ``"Conv2d"``) and/or ``op_names``,
     minus ``exclude_op_names``; ``{"exclude": True, ...}`` removes layers from every other config.
-    ``max_splits`` (neurons per step for the config's layers) or ``grow_ratio`` (the same as a fraction
-    of their current neurons) and ``max_per_layer`` set how much each step grows.
+    ``selection`` names the rule (:data:`nni_splitting.selection.SELECTION_RULES`; default the
+    grower's). ``max_splits`` (neurons per step for the config's layers) or ``grow_ratio`` (the same
+    as a fraction of their current neurons, default :data:`nni_splitting.defaults.GROW_RATIO` for
+    ``"negative"`` and ``"per_cost"``) set how much each step grows; ``max_per_layer``,
+    ``threshold``, ``fraction`` (``"lowest_fraction"``), ``budget``, ``groups`` and ``solver``
+    (``"energy"``, ``"per_cost"``) go to the rule; ``cost`` (``"params"`` or ``"flops"``) is what
+    NNI's counter measures for the rules that take ``costs``. ``selection``, ``cost`` and
+    ``threshold`` here are the defaults of configs that do not set them.
     """
     if not isinstance(config_list, (list, tuple)) or not config_list:
         raise ValueError(f"config_list must be a non-empty list of dicts, got {config_list!r}")
@@ -62,19 +80,47 @@ def resolve_config_list(model: nn.Module, config_list: Sequence[Mapping], candid
         if config.get("exclude"):
             excluded |= names
             continue
-        if "max_splits" in config and "grow_ratio" in config:
-            raise ValueError(f"give max_splits or grow_ratio, not both: {dict(config)}")
-        ratio = config.get("grow_ratio")
-        if ratio is not None and not 0 < ratio <= 1:
-            raise ValueError(f"grow_ratio={ratio!r} must be in (0, 1]")
-        resolved.append({"layers": [n for n in candidates if n in names], "max_splits": config.get("max_splits"),
-                         "grow_ratio": ratio, "max_per_layer": config.get("max_per_layer")})
+        resolved.append(_resolve_selection(config, [n for n in candidates if n in names], selection, cost, threshold))
     for entry in resolved:
         entry["layers"] = [n for n in entry["layers"] if n not in excluded]
     resolved = [entry for entry in resolved if entry["layers"]]
     if not resolved:
         raise ValueError(f"config_list {list(config_list)} selects no splittable layer; candidates are {list(candidates)}")
+    for entry in resolved:  # a dry run on empty indexes checks the rule's options before any training
+        dry = {"costs": {n: 1.0 for n in entry["layers"]}} if entry["cost"] else {}
+        select({n: [] for n in entry["layers"]}, entry["selection"], **entry["options"], **dry,
+               **({"max_splits": 0} if entry["counted"] else {}))
     return resolved
+
+
+def _resolve_selection(config: Mapping, layers: List[str], default_rule: str, default_cost: str,
+                       default_threshold: float) -> dict:
+    """The rule, its static options and the count setting of one config."""
+    rule = config.get("selection", default_rule)
+    accepted = rule_options(rule)  # ValueError for an unknown rule
+    options = {key: config[key] for key in _RULE_KEYS if key in config}
+    bad = sorted(set(options) - set(accepted))
+    if bad:
+        raise ValueError(f"config key(s) {bad} do not apply to selection {rule!r} (its options: {sorted(accepted)})")
+    if "threshold" in accepted:
+        options.setdefault("threshold", default_threshold)
+    if "max_splits" in config and "grow_ratio" in config:
+        raise ValueError(f"give max_splits or grow_ratio, not both: {dict(config)}")
+    if "max_splits" not in accepted and _COUNT_KEYS & set(config):
+        raise ValueError(f"selection {rule!r} takes no count; drop {sorted(_COUNT_KEYS & set(config))}")
+    if rule == "lowest_fraction" and "grow_ratio" in config:
+        raise ValueError(f"selection 'lowest_fraction' takes fraction=, not grow_ratio={config['grow_ratio']!r}")
+    ratio = config.get("grow_ratio")
+    if ratio is not None:
+        split_count(1, ratio)  # ValueError quoting a ratio outside (0, 1]
+    counted = "max_splits" in accepted and (bool(_COUNT_KEYS & set(config)) or rule not in _SELF_LIMITED)
+    cost = config.get("cost", default_cost) if "costs" in accepted else None
+    if "cost" in config and cost is None:
+        raise ValueError(f"config key 'cost' does not apply to selection {rule!r}: it takes no costs")
+    if cost is not None and cost not in ("params", "flops"):
+        raise ValueError(f"cost={cost!r} must be 'params' or 'flops'")
+    return {"layers": layers, "selection": rule, "options": options, "counted": counted, "cost": cost,
+            "max_splits": config.get("max_splits"), "grow_ratio": ratio}
 
 
 class SplittingGrower:
@@ -85,8 +131,9 @@ class SplittingGrower:
     model : nn.Module
         The model to grow (not modified: each step works on a copy).
     config_list : list of dict
-        NNI-style: ``op_types`` / ``op_names`` / ``exclude_op_names`` select layers; ``max_splits`` or
-        ``grow_ratio`` (default 0.1) and ``max_per_layer`` set the growth per step.
+        NNI-style: ``op_types`` / ``op_names`` / ``exclude_op_names`` select layers; ``selection``
+        names the rule and ``max_splits`` or ``grow_ratio``, ``max_per_layer``, ``fraction``,
+        ``budget``, ... set the growth per step (see :func:`resolve_config_list`).
     evaluator : nni.compression.TorchEvaluator or callable, optional
         Trains the model before each splitting phase: NNI's ``TorchEvaluator`` (its ``training_func``
         is called with ``max_epochs=train_epochs``) or ``fn(model)``. ``None``: no training.
@@ -94,13 +141,20 @@ class SplittingGrower:
         Data for the splitting matrices (required).
     loss_fn : callable
         ``loss_fn(outputs, targets)``; cross-entropy by default.
+    selection : str
+        Rule of the configs that name none: ``"negative"``, ``"per_cost"``, ``"lowest_fraction"``,
+        ``"energy"`` or a registered one (:func:`nni_splitting.selection.select`).
+    cost : {"flops", "params"}
+        What a split costs for the rules that take costs (measured by NNI's counter each step).
     threshold, epsilon, method, surrogate_beta
-        As in :func:`select_neurons`, :func:`apply_splits`, :func:`compute_splitting`.
+        As in :func:`select_neurons`, :func:`apply_splits`, :func:`compute_splitting`; defaults from
+        :mod:`nni_splitting.defaults`.
     """
 
     def __init__(self, model: nn.Module, config_list: Sequence[Mapping], evaluator=None,
-                 batches: Optional[Iterable] = None, loss_fn: Optional[Callable] = None, *, threshold: float = 0.0,
-                 epsilon: float = 1e-2, method: str = "exact", surrogate_beta: float = DEFAULT_SURROGATE_BETA,
+                 batches: Optional[Iterable] = None, loss_fn: Optional[Callable] = None, *,
+                 selection: str = SELECTION, cost: str = "flops", threshold: float = THRESHOLD,
+                 epsilon: float = EPSILON, method: str = METHOD, surrogate_beta: float = DEFAULT_SURROGATE_BETA,
                  train_epochs: int = 1):
         if batches is None:
             raise ValueError("SplittingGrower needs batches=[(inputs, targets), ...] for the splitting matrices")
@@ -111,6 +165,7 @@ class SplittingGrower:
         self.config_list = list(config_list)
         self.evaluator = evaluator
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.selection, self.cost = selection, cost
         self.threshold, self.epsilon, self.method = threshold, epsilon, method
         self.surrogate_beta = surrogate_beta
         self.train_epochs = train_epochs
@@ -118,8 +173,8 @@ class SplittingGrower:
         self._evaluator_ready = False
         example = self.batches[0][0]
         groups, _ = find_neuron_groups(trace_model(model, example[:1]), surrogate_beta=surrogate_beta)
-        self.configs = resolve_config_list(model, self.config_list, list(groups))
-        select_neurons({}, threshold=threshold)  # validates the threshold now rather than after training
+        self.configs = resolve_config_list(model, self.config_list, list(groups), selection=selection, cost=cost,
+                                           threshold=threshold)
 
     # ---------------------------------------------------------------- stages
     def _train(self, model: nn.Module) -> nn.Module:
@@ -143,16 +198,21 @@ class SplittingGrower:
         return compute_splitting(model, self.loss_fn, self.batches, method=self.method, layers=layers,
                                  surrogate_beta=self.surrogate_beta)
 
-    def _select(self, splits: Dict[str, LayerSplitting]) -> Dict[str, List[int]]:
+    def _select(self, splits: Dict[str, LayerSplitting], model: Optional[nn.Module] = None) -> Dict[str, List[int]]:
+        """Each config's rule on its layers (a layer claimed by an earlier config is not offered again)."""
         plan: Dict[str, List[int]] = {}
         for config in self.configs:
             subset = {n: splits[n] for n in config["layers"] if n in splits and n not in plan}
-            total = config["max_splits"]
-            if total is None:
-                ratio = config["grow_ratio"] if config["grow_ratio"] is not None else 0.1
-                total = max(1, math.floor(ratio * sum(s.num_neurons for s in subset.values())))
-            plan.update(select_neurons(subset, max_splits=total, threshold=self.threshold,
-                                       max_per_layer=config["max_per_layer"]))
+            if not subset:
+                continue
+            options = dict(config["options"])
+            if config["counted"]:
+                options["max_splits"] = split_count([s.num_neurons for s in subset.values()], config["grow_ratio"],
+                                                    config["max_splits"])
+            if config["cost"]:
+                options["costs"] = neuron_costs(model if model is not None else self.model,
+                                                self.batches[0][0][:1], kind=config["cost"], layers=list(subset))
+            plan.update(select(subset, config["selection"], **options))
         return plan
 
     def _split(self, model: nn.Module, splits: Dict[str, LayerSplitting], plan: Dict[str, List[int]]) -> nn.Module:
@@ -163,7 +223,7 @@ class SplittingGrower:
         """One growth step (train, score, select, split); returns the grown model."""
         model = self._train(model if model is not None else self.model)
         splits = self._compute_splitting(model)
-        plan = self._select(splits)
+        plan = self._select(splits, model)
         grown = self._split(model, splits, plan) if plan else model
         example = self.batches[0][0][:1]
         flops, params = count_model(grown, example)
@@ -182,6 +242,6 @@ class SplittingGrower:
         for _ in range(steps):
             model = self.step(model)
             if not self.history[-1]["plan"]:
-                logger.info("splitting stable: no splitting index below %g; stopping", self.threshold)
+                logger.info("splitting stable: no neuron selected (threshold %g); stopping", self.threshold)
                 break
         return self._train(model) if final_training else model
