@@ -98,7 +98,9 @@ def _start_check(folder: Path):
         reason = nnictl.trial_start_failure(folder)
         if reason is None:
             return None
-        print(f"nni-splitting: NNI cannot start the trials: {reason}\n  (see {folder}/log/nnimanager.log)",
+        hint = (" (the trials' working directory, trialCodeDirectory, is missing)"
+                if "spawn" in reason and "ENOENT" in reason else "")
+        print(f"nni-splitting: NNI cannot start the trials: {reason}{hint}\n  (see {folder}/log/nnimanager.log)",
               file=sys.stderr, flush=True)
         return CANNOT_START
     return check

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from nni_splitting import report
+from nni_splitting.cli import main as cli_main
 
 
 def _trials():
@@ -60,7 +61,7 @@ def test_aggregate_mean_and_spread_over_seeds():
 
 
 def test_cli_refuses_unknown_experiment(tmp_path, capsys):
-    assert report.main(["doesnotexist", "--out", str(tmp_path), "--workdir", str(tmp_path)]) == 1
+    assert cli_main(["report", "doesnotexist", "--out", str(tmp_path), "--workdir", str(tmp_path)]) == 1
     assert "cannot read doesnotexist" in capsys.readouterr().err
 
 
