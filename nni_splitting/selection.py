@@ -1,26 +1,19 @@
 """Which neurons to split (Algorithm 1, step 3): every selection rule, reachable by name.
 
-Rules (:data:`SELECTION_RULES`, called through :func:`select`):
+Rules (:data:`SELECTION_RULES`, called through :func:`select`; defaults in :mod:`nni_splitting.defaults`):
 
-- ``"negative"``: the most negative splitting indexes ``lambda_i < threshold <= 0``, at most ``m``
-  (Liu, Wu & Wang 2019, Algorithm 1);
-- ``"per_cost"``: the same neurons ranked by ``lambda_i / c_i`` (loss decrease per unit cost),
-  optionally within a total cost budget;
-- ``"lowest_fraction"``: the lowest ``fraction`` of all neurons by ``lambda_i`` whatever its sign
-  (the official MobileNetV1 code splits the lowest 30% every round);
-- ``"energy"``: the energy-aware LP of Wang, Liu, Wu et al. 2019 (https://arxiv.org/abs/1910.03103,
-  section 3) under per-group cost budgets::
+- ``"negative"``: the most negative indexes ``lambda_i < threshold <= 0``, at most ``m`` (Liu, Wu & Wang 2019, Alg. 1);
+- ``"per_cost"``: the same ranked by ``lambda_i / c_i`` (loss decrease per unit cost), optionally within a budget;
+- ``"lowest_fraction"``: the lowest ``fraction`` of all neurons by ``lambda_i`` whatever its sign (the official
+  MobileNetV1 code splits the lowest 30% every round);
+- ``"energy"``: the LP of Wang, Liu, Wu et al. 2019 (https://arxiv.org/abs/1910.03103, section 3),
+  ``min_beta sum_i beta_i lambda_i  s.t.  sum_{i in G} beta_i c_i <= B_G, 0 <= beta_i <= 1``, by SciPy's HiGHS:
+  integral ``beta_i = 1`` kept, fractional ones dropped, what is left of every budget filled greedily by
+  ``lambda_i / c_i``, so every budget holds exactly; a negative budget raises :class:`InfeasibleBudgetError`.
 
-      min_beta  sum_i beta_i * lambda_i   s.t.  sum_{i in G} beta_i * c_i <= B_G,  0 <= beta_i <= 1
-
-  solved by SciPy's HiGHS over the neurons with ``lambda_i < threshold``; the integral ``beta_i = 1``
-  are kept, fractional ones dropped, and what is left of every budget is filled greedily by
-  ``lambda_i / c_i``, so every budget holds exactly. A negative budget raises :class:`InfeasibleBudgetError`.
-
-All rules return a plan ``{layer: sorted neuron indices}`` (only layers with picks, in the order of
-``splits``). Budgets are trimmed by one greedy fill (:func:`trim_plan` for the tuner's ranked plans
-uses it too); :func:`rank_plan` and :func:`halve_plan` rank and halve a plan for the tuner's retries.
-Defaults come from :mod:`nni_splitting.defaults`.
+All return a plan ``{layer: sorted neuron indices}`` (layers with picks, in the order of ``splits``). One greedy
+fill trims every budget (:func:`trim_plan`, for the tuner's ranked plans, too); :func:`rank_plan` and
+:func:`halve_plan` rank and halve a plan for the tuner's retries.
 """
 from __future__ import annotations
 
@@ -226,8 +219,7 @@ def select_lowest_fraction(splits: Mapping[str, object], fraction: Optional[floa
                            max_per_layer: Union[None, int, Mapping[str, int]] = None) -> Plan:
     """Rule ``"lowest_fraction"``: the lowest ``fraction`` of all neurons by ``lambda``, whatever its sign.
 
-    The official MobileNetV1 code's rule (``fraction = 0.3`` every round): unlike ``"negative"`` it
-    never stops at a splitting-stable point, splitting neurons with ``lambda >= 0`` too.
+    The official code's rule (0.3 every round): unlike ``"negative"`` it splits ``lambda >= 0`` too.
 
     Parameters
     ----------
@@ -309,7 +301,7 @@ def select_energy_aware(splits: Mapping[str, object], costs: Mapping[str, float]
     Parameters
     ----------
     splits : dict
-        ``{layer: LayerSplitting}`` from :func:`compute_splitting`, or ``{layer: eigenvalues}``.
+        ``{layer: LayerSplitting}`` or ``{layer: eigenvalues}``.
     costs : dict
         ``{layer: cost of splitting one of its neurons}`` (> 0), e.g. ``neuron_costs(model, x, "flops")``.
     budget : float or dict
@@ -328,7 +320,7 @@ def select_energy_aware(splits: Mapping[str, object], costs: Mapping[str, float]
     Returns
     -------
     dict
-        ``{layer: sorted neuron indices}`` (the format of :func:`select_neurons`), only layers with picks.
+        ``{layer: sorted neuron indices}``, only layers with picks.
 
     Raises
     ------
@@ -358,7 +350,7 @@ def select_energy_aware(splits: Mapping[str, object], costs: Mapping[str, float]
 def _solve_lp(candidates, weights: Mapping[str, Mapping[str, float]], budgets: Mapping[str, float],
               max_splits: Optional[int]) -> List[Pair]:
     """The LP relaxation by HiGHS; returns the neurons with ``beta_i = 1`` (none on solver failure)."""
-    try:  # SciPy is a dependency, but keep the greedy path usable without it
+    try:  # deferred: SciPy is heavy and only the LP needs it; the greedy path works without it
         import numpy as np
         from scipy.optimize import linprog
         from scipy.sparse import coo_matrix
@@ -423,17 +415,17 @@ def trim_plan(ranked: Sequence[Pair], base: Mapping[str, float], unit_costs: Map
               ) -> Plan:
     """Keep the best neurons that fit the budget.
 
-    Greedy: walk ``ranked`` (best first) and keep each neuron whose estimated cost still fits
-    (``base`` plus per-neuron ``unit_costs``); then, when an ``exact`` counter is given, drop the
-    worst kept neuron until the exact totals fit. The result never exceeds ``limits`` according to
-    ``exact`` (or to the estimate when ``exact`` is None or returns None).
+    Greedy (the one budget fill): walk ``ranked`` (best first, :func:`rank_plan`) and keep each neuron
+    whose estimated totals (``base`` plus per-neuron ``unit_costs``) still fit; then, with an ``exact``
+    counter, drop the worst kept neuron until the exact totals fit. The result never exceeds
+    ``limits`` according to ``exact`` (or to the estimate when ``exact`` is None or returns None).
 
     Parameters
     ----------
     ranked : list of (layer, index)
-        Candidate neurons, best first (see :func:`rank_plan`).
+        Candidate neurons, best first.
     base : dict
-        Current totals of the parent, keys as in ``limits`` (e.g. ``{"params": 1e4, "flops": 2e6}``).
+        The parent's totals, keys as in ``limits`` (e.g. ``{"params": 1e4, "flops": 2e6}``).
     unit_costs : dict
         ``{key: {layer: increase per split neuron}}`` for each key of ``limits`` (missing: 0).
     limits : dict
@@ -465,12 +457,10 @@ def halve_plan(ranked: Sequence[Pair]) -> Plan:
 
 
 # ---------------------------------------------------------------- rules by name
-SELECTION_RULES: Dict[str, Callable[..., Plan]] = {
-    "negative": select_negative,
-    "per_cost": select_per_cost,
-    "lowest_fraction": select_lowest_fraction,
-    "energy": select_energy_aware,
-}
+#: ``{name: rule(splits, **options) -> plan}``; add one with :func:`register_selection_rule`.
+SELECTION_RULES: Dict[str, Callable[..., Plan]] = {"negative": select_negative, "per_cost": select_per_cost,
+                                                   "lowest_fraction": select_lowest_fraction,
+                                                   "energy": select_energy_aware}
 
 
 def register_selection_rule(name: str, rule: Callable[..., Plan], replace: bool = False) -> None:
@@ -511,10 +501,7 @@ def select(splits: Mapping[str, object], rule: str = SELECTION, **options) -> Pl
         The rule's own keyword arguments (:func:`rule_options`), e.g. ``max_splits``, ``threshold``,
         ``costs``, ``budget``, ``fraction``.
 
-    Raises
-    ------
-    ValueError
-        For an unknown rule, an option the rule does not take, or a required option missing.
+    Raises ``ValueError`` for an unknown rule, an option the rule does not take, or a required one missing.
     """
     accepted = rule_options(rule)
     unknown = sorted(set(options) - set(accepted))
