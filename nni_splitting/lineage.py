@@ -1,4 +1,4 @@
-"""Lineage bookkeeping of the splitting tuner: pure functions, no NNI, no torch.
+"""Lineage bookkeeping of the splitting tuner: the node record and pure functions, no NNI.
 
 A *node* is one trial of a growth lineage: the seed network (step 0) or a child grown from its
 parent by one splitting step (Liu, Wu & Wang, "Splitting Steepest Descent for Growing Neural
@@ -6,17 +6,24 @@ Architectures", NeurIPS 2019, Algorithm 1).  Nodes are keyed by their own ``node
 the trial parameters), never by NNI's parameter id, which restarts when an experiment is resumed.
 
 The functions here decide *what* a child looks like (how many neurons, which ones survive a
-budget, what its widths are); :mod:`nni_splitting.tuner` decides *when*.
+budget, what its widths are); :mod:`nni_splitting.scheduler` decides *when*.  Plan ranking and budget
+trimming are :mod:`nni_splitting.selection`'s (re-exported here).
 """
 from __future__ import annotations
 
 import math
 import secrets
+import enum
+import logging
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from .selection import halve_plan, rank_plan, trim_plan
 
 __all__ = [
     "Node",
+    "NodeStatus",
+    "NodeKind",
     "BUDGET_KEYS",
     "make_node_id",
     "parse_budget",
@@ -39,6 +46,31 @@ BUDGET_KEYS = ("params", "flops", "params_ratio", "flops_ratio")
 
 Plan = Dict[str, List[int]]
 
+logger = logging.getLogger(__name__)
+
+
+class NodeStatus(str, enum.Enum):
+    """Where a node is in its life: ``READY -> RUNNING -> SUCCEEDED | FAILED``, or ``SUPERSEDED``
+    (a retry made unnecessary by a late success of the node it retried)."""
+
+    READY = "ready"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+    @property
+    def active(self) -> bool:
+        """Not finished yet (queued or running)."""
+        return self in (NodeStatus.READY, NodeStatus.RUNNING)
+
+
+class NodeKind(str, enum.Enum):
+    """A growth node (a step of a splitting lineage) or an arm node (a baseline of the comparison)."""
+
+    GROWTH = "growth"
+    ARM = "arm"
+
 
 @dataclass
 class Node:
@@ -58,9 +90,8 @@ class Node:
         ``node_id`` of the parent node, ``""`` for a seed.
     params : dict
         The trial parameters that were (or will be) emitted.
-    status : str
-        ``"ready"`` (not yet sent), ``"running"``, ``"succeeded"``, ``"failed"`` or ``"superseded"``
-        (a retry made unnecessary by a late success of the node it retried).
+    status : NodeStatus
+        Where the node is in its life (see :class:`NodeStatus`).
     trial_id : str
         NNI trial job id, once known.
     result : dict, optional
@@ -69,6 +100,10 @@ class Node:
         The trial's saved splitting-index file, once read.
     recovered : bool
         A trial NNI re-runs by itself after ``nnictl resume`` (it was running at the stop).
+    kind : NodeKind
+        Growth step of a lineage, or a comparison arm (``lineage`` is then the seed it belongs to).
+    deadline : float, optional
+        Time (the scheduler's clock) after which a running node without a result is given up.
     """
 
     node_id: str
@@ -77,16 +112,19 @@ class Node:
     attempt: int = 0
     parent: str = ""
     params: dict = field(default_factory=dict)
-    status: str = "ready"
+    status: NodeStatus = NodeStatus.READY
     trial_id: str = ""
     result: Optional[dict] = None
     info: Optional[dict] = None
     recovered: bool = False
+    kind: NodeKind = NodeKind.GROWTH
+    deadline: Optional[float] = None
 
     def to_dict(self) -> dict:
         """JSON-serialisable copy (without the bulky ``info``)."""
         state = asdict(self)
         state.pop("info")
+        state["status"], state["kind"] = NodeStatus(self.status).value, NodeKind(self.kind).value
         return state
 
 
@@ -174,18 +212,6 @@ def grown_widths(widths: Sequence[int], width_layers: Sequence[str], plan: Mappi
     return result
 
 
-def rank_plan(plan: Mapping[str, Sequence[int]], eigenvalues: Mapping[str, Sequence[float]],
-              costs: Optional[Mapping[str, float]] = None) -> List[Tuple[str, int]]:
-    """The plan's neurons, best first: most negative index (or index per unit cost when ``costs``)."""
-    def score(item):
-        layer, index = item
-        value = float(eigenvalues[layer][index])
-        if costs:
-            value /= max(float(costs.get(layer, 1.0)), 1e-12)
-        return value
-    return sorted(((layer, int(i)) for layer, idx in plan.items() for i in idx), key=score)
-
-
 def estimate_growth(plan: Mapping[str, Sequence[int]], costs: Mapping[str, float]) -> float:
     """First-order increase of a cost (params or FLOPs) from per-neuron costs of each layer."""
     return sum(len(idx) * float(costs.get(layer, 0.0)) for layer, idx in plan.items())
@@ -194,56 +220,6 @@ def estimate_growth(plan: Mapping[str, Sequence[int]], costs: Mapping[str, float
 def over_budget(totals: Mapping[str, float], limits: Mapping[str, float]) -> List[str]:
     """Budget keys of ``limits`` that ``totals`` exceed (keys missing from ``totals`` are ignored)."""
     return [k for k, limit in limits.items() if k in totals and totals[k] > limit]
-
-
-def trim_plan(ranked: Sequence[Tuple[str, int]], base: Mapping[str, float],
-              unit_costs: Mapping[str, Mapping[str, float]], limits: Mapping[str, float],
-              exact: Optional[Callable[[Plan], Optional[Mapping[str, float]]]] = None) -> Plan:
-    """Keep the best neurons that fit the budget.
-
-    Greedy: walk ``ranked`` (best first) and keep each neuron whose estimated cost still fits
-    (``base`` plus per-neuron ``unit_costs``); then, when an ``exact`` counter is given, drop the
-    worst kept neuron until the exact totals fit.  The result never exceeds ``limits`` according to
-    ``exact`` (or to the estimate when ``exact`` is None or returns None).
-
-    Parameters
-    ----------
-    ranked : list of (layer, index)
-        Candidate neurons, best first (see :func:`rank_plan`).
-    base : dict
-        Current totals of the parent, keys as in ``limits`` (e.g. ``{"params": 1e4, "flops": 2e6}``).
-    unit_costs : dict
-        ``{key: {layer: increase per split neuron}}`` for each key of ``limits``.
-    limits : dict
-        Budget, e.g. ``{"params": 5e4}``.
-    exact : callable, optional
-        ``exact(plan) -> totals`` counting the child exactly, or None when it cannot.
-
-    Returns
-    -------
-    dict
-        ``{layer: sorted indices}``, possibly empty.
-    """
-    totals = {k: float(base.get(k, 0.0)) for k in limits}
-    kept: List[Tuple[str, int]] = []
-    for layer, index in ranked:
-        step = {k: float(unit_costs.get(k, {}).get(layer, 0.0)) for k in limits}
-        if all(totals[k] + step[k] <= limits[k] for k in limits):
-            kept.append((layer, index))
-            for k in limits:
-                totals[k] += step[k]
-    while kept and exact is not None:
-        counted = exact(_as_plan(kept))
-        if counted is None or not over_budget(counted, limits):
-            break
-        kept.pop()
-    return _as_plan(kept)
-
-
-def halve_plan(ranked: Sequence[Tuple[str, int]]) -> Plan:
-    """The better half (at least one) of a ranked plan; used for the fallback after two failures."""
-    keep = max(1, len(ranked) // 2) if ranked else 0
-    return _as_plan(list(ranked)[:keep])
 
 
 def budget_totals(info: Mapping) -> Dict[str, float]:
@@ -271,16 +247,9 @@ def lineage_tips(nodes: Mapping[str, Node]) -> Dict[int, Node]:
     """The last good node of each lineage: the succeeded node with the highest step (latest attempt)."""
     tips: Dict[int, Node] = {}
     for node in nodes.values():
-        if node.status != "succeeded":
+        if node.kind != NodeKind.GROWTH or node.status != NodeStatus.SUCCEEDED:
             continue
         best = tips.get(node.lineage)
         if best is None or (node.step, node.attempt) > (best.step, best.attempt):
             tips[node.lineage] = node
     return tips
-
-
-def _as_plan(items: Sequence[Tuple[str, int]]) -> Plan:
-    plan: Plan = {}
-    for layer, index in items:
-        plan.setdefault(layer, []).append(int(index))
-    return clean_plan(plan)

@@ -10,8 +10,10 @@ tuner reads that file, picks the neurons to split (top ``m`` by most negative in
 next trial, whose parent is the finished one.  ``beam`` lineages grow side by side, each from its
 own random initialisation.
 
-The tuner is thin: lineage maths is in :mod:`nni_splitting.lineage`, neuron selection is
-:func:`nni_splitting.select_neurons`, paths are :mod:`nni_splitting.storage`.
+The tuner is a thin NNI adapter (parameter-id map, ``st_callback`` pushes, ``import_data`` replay,
+classArgs) over the pure, thread-free :class:`~nni_splitting.scheduler.Scheduler` (lineage state
+machine, growth, retry and recovery policies); lineage maths is :mod:`nni_splitting.lineage`, paths
+are :mod:`nni_splitting.storage`, NNI's REST API is :mod:`nni_splitting.nni.rest`.
 
 NNI specifics (see docs/nni.md): a child cannot be emitted before its parent finished, so
 ``generate_parameters`` raises ``NoMoreTrialError`` and keeps the parameter id; the child is pushed
@@ -31,30 +33,38 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import nni
+import torch
 from nni import ClassArgsValidator
 from nni.tuner import Tuner
 
 from . import lineage as lin
-from .lineage import Node
-from .storage import StorageMap, atomic_write_json, read_json
+from .checkpoint import file_sha256
+from .counting import count_model
+from .defaults import EPSILON, GROW_RATIO, METHOD
+from .lineage import Node, NodeStatus
+from .models import MODELS, build_model
+from .nni import rest as nni_rest
+from .scheduler import ENDED_STATES, RESUME_TIMEOUT_S, Policy, Scheduler
+from .splitting import METHODS
+from .storage import INDEX_FILE, StorageMap, atomic_write_json, read_json, trial_output_dir
+from .trial import check_train_settings
 
-__all__ = ["SplittingTuner", "SplittingArguments", "SplittingClassArgsValidator", "COSTS"]
+__all__ = ["SplittingTuner", "SplittingArguments", "SplittingClassArgsValidator", "COSTS", "DispatcherClient",
+           "exact_counter", "verified_result"]
 
+logger = logging.getLogger(__name__)
 # A child of NNI's "nni" logger, so the messages land in the experiment's dispatcher.log.
 _logger = logging.getLogger("nni.tuner.splitting")
 
 #: Values of the ``cost`` classArg.
 COSTS = ("none", "params", "flops")
 #: ``grow_ratio`` used when neither ``grow_ratio`` nor ``max_splits`` is given.
-DEFAULT_GROW_RATIO = 0.3
-#: Seconds to wait for a final result after a trial ended "SUCCEEDED" before counting it as failed.
-RESULT_GRACE_S = 60.0
+DEFAULT_GROW_RATIO = GROW_RATIO
 #: Seconds between REST polls of the trials NNI re-runs itself after a resume.
 RECOVERED_POLL_S = 10.0
-_ENDED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 
 
 class SplittingArguments(NamedTuple):
@@ -97,6 +107,8 @@ class SplittingArguments(NamedTuple):
     storage_path, local_storage_path
         Shared folder where trials write (worker view) and the same folder on the tuner's machine
         (default: same path).  Unset: trials write to ``$NNI_OUTPUT_DIR`` (local training service).
+    resume_timeout
+        Seconds a trial NNI re-runs after ``nnictl resume`` may take before it is retried.
     """
 
     model: str = "small_cnn"
@@ -106,8 +118,8 @@ class SplittingArguments(NamedTuple):
     max_splits: Optional[int] = None
     max_per_layer: Optional[int] = None
     threshold: float = 0.0
-    epsilon: float = 0.1
-    method: str = "exact"
+    epsilon: float = EPSILON
+    method: str = METHOD
     cost: str = "none"
     budget: Any = None
     beam: int = 1
@@ -115,6 +127,7 @@ class SplittingArguments(NamedTuple):
     trial: Optional[dict] = None
     storage_path: Optional[str] = None
     local_storage_path: Optional[str] = None
+    resume_timeout: float = RESUME_TIMEOUT_S
 
 
 def _is_int(value) -> bool:
@@ -134,8 +147,6 @@ class SplittingClassArgsValidator(ClassArgsValidator):
         if unknown:
             raise ValueError(f"unknown classArgs {unknown} for SplittingTuner; known: {list(known)}")
         args = SplittingArguments(**kwargs)
-
-        from .models import MODELS
         if not isinstance(args.model, str) or args.model.lower().replace("-", "_") not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {args.model!r}")
         widths = args.seed_widths
@@ -159,7 +170,6 @@ class SplittingClassArgsValidator(ClassArgsValidator):
             raise ValueError(f"threshold must be a number <= 0 (only loss-decreasing splits), got {args.threshold!r}")
         if not (_is_number(args.epsilon) and args.epsilon >= 0):
             raise ValueError(f"epsilon must be a finite number >= 0, got {args.epsilon!r}")
-        from .splitting import METHODS
         if args.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {args.method!r}")
         if args.cost not in COSTS:
@@ -171,14 +181,59 @@ class SplittingClassArgsValidator(ClassArgsValidator):
             raise ValueError(f"retries must be an int in [0, 10], got {args.retries!r}")
         if args.trial is not None and not isinstance(args.trial, dict):
             raise ValueError(f"trial must be a dict of training settings, got {args.trial!r}")
-        from .trial import check_train_settings
         check_train_settings(args.trial or {})
         for key in ("storage_path", "local_storage_path"):
             value = getattr(args, key)
             if value is not None and not (isinstance(value, str) and value):
                 raise ValueError(f"{key} must be a non-empty path string, got {value!r}")
+        if not (_is_number(args.resume_timeout) and args.resume_timeout > 0):
+            raise ValueError(f"resume_timeout must be a number of seconds > 0, got {args.resume_timeout!r}")
         if args.local_storage_path and not args.storage_path:
             raise ValueError("local_storage_path needs storage_path (the same folder as the trials see it)")
+
+
+class DispatcherClient:
+    """What the tuner asks NNI's REST API from inside the dispatcher (nothing outside one).
+
+    Tests replace the tuner's ``client`` with a fake of the same four methods.
+    """
+
+    def __init__(self, base: Optional[str] = None):
+        self.base = base if base is not None else nni_rest.dispatcher_rest_url()
+
+    def active_trials(self) -> int:
+        """Number of NNI trials waiting or running (0 when the REST API is not reachable)."""
+        if self.base is None:
+            return 0
+        try:
+            return sum(job.get("status") not in ENDED_STATES for job in nni_rest.rest(self.base, "trial-jobs") or [])
+        except Exception as error:
+            _logger.warning("cannot list trials through the REST API: %s", error)
+            return 0
+
+    def recovered_trials(self) -> List[Tuple[str, dict, str]]:
+        """``(trial id, parameters, state)`` of trials not ended when the experiment was resumed."""
+        if self.base is None:
+            return []
+        try:
+            jobs = nni_rest.rest(self.base, "trial-jobs") or []
+        except Exception as error:
+            _logger.warning("cannot list trials through the REST API (%s): trials re-run after a resume "
+                            "will not be tracked", error)
+            return []
+        return [(job.get("trialJobId"), nni_rest.trial_parameters(job), job.get("status", ""))
+                for job in jobs if job.get("status") not in ENDED_STATES
+                and "node_id" in nni_rest.trial_parameters(job)]
+
+    def trial_state(self, trial_id: str) -> str:
+        """NNI's state of one trial ("" when unknown)."""
+        if self.base is None or not trial_id:
+            return ""
+        return (nni_rest.rest(self.base, f"trial-jobs/{trial_id}") or {}).get("status", "")
+
+    def finish(self) -> Optional[int]:
+        """Let NNI reach DONE: lower maxTrialNumber to the number of trials."""
+        return nni_rest.finish_from_dispatcher()
 
 
 class SplittingTuner(Tuner):
@@ -196,22 +251,29 @@ class SplittingTuner(Tuner):
 
     Resume: parameters carry ``node_id``, ``lineage``, ``step`` and the parent's paths; results
     carry the checkpoint and index paths, so :meth:`import_data` rebuilds every lineage and growth
-    continues from each lineage's last succeeded trial.
+    continues from each lineage's last succeeded trial.  A trial that was running at the stop is
+    adopted when its finished work on disk is verified (``checkpoint_sha256``), waited on for
+    ``resume_timeout`` seconds when NNI re-runs it, and retried otherwise.
 
-    Parameters are those of :class:`SplittingArguments`.
+    Parameters are those of :class:`SplittingArguments`; ``policy`` (not a classArg) is the
+    scheduler's :class:`~nni_splitting.scheduler.Policy` (the comparison passes its own).
     """
 
     def __init__(self, model: str = "small_cnn", seed_widths=0.25, max_steps: int = 4,
                  grow_ratio: Optional[float] = None, max_splits: Optional[int] = None,
-                 max_per_layer: Optional[int] = None, threshold: float = 0.0, epsilon: float = 0.1,
-                 method: str = "exact", cost: str = "none", budget=None, beam: int = 1, retries: int = 1,
+                 max_per_layer: Optional[int] = None, threshold: float = 0.0, epsilon: float = EPSILON,
+                 method: str = METHOD, cost: str = "none", budget=None, beam: int = 1, retries: int = 1,
                  trial: Optional[dict] = None, storage_path: Optional[str] = None,
-                 local_storage_path: Optional[str] = None, **unknown):
+                 local_storage_path: Optional[str] = None, resume_timeout: float = RESUME_TIMEOUT_S,
+                 policy: Optional[Policy] = None, **unknown):
         kwargs = dict(model=model, seed_widths=seed_widths, max_steps=max_steps, grow_ratio=grow_ratio,
                       max_splits=max_splits, max_per_layer=max_per_layer, threshold=threshold, epsilon=epsilon,
                       method=method, cost=cost, budget=budget, beam=beam, retries=retries, trial=trial,
-                      storage_path=storage_path, local_storage_path=local_storage_path)
+                      storage_path=storage_path, local_storage_path=local_storage_path,
+                      resume_timeout=resume_timeout)
         SplittingClassArgsValidator().validate_class_args(**kwargs, **unknown)
+        if policy is not None and not isinstance(policy, Policy):
+            raise ValueError(f"policy must be a nni_splitting.scheduler.Policy, got {policy!r}")
         if grow_ratio is None and max_splits is None:
             kwargs["grow_ratio"] = DEFAULT_GROW_RATIO
         kwargs["trial"] = dict(trial or {})
@@ -221,19 +283,31 @@ class SplittingTuner(Tuner):
         self.storage = StorageMap(storage_path, str(Path(local).expanduser()) if local else None)
         _logger.info("SplittingTuner arguments: %s", self.args._asdict())
         _logger.info("training seed %s (+ lineage index)", self.args.trial.get("seed", 0))
-
+        self.scheduler = Scheduler(self.args, self.limits, read_index=lambda path: read_json(self.storage.to_local(path)),
+                                   counter=exact_counter, verify=self._verify, policy=policy,
+                                   resume_timeout_s=float(resume_timeout))
+        self.client = DispatcherClient()
         self._lock = threading.RLock()
-        self._nodes: Dict[str, Node] = {}
         self._param_nodes: Dict[int, str] = {}    # NNI parameter id (this session) -> node id
-        self._ready: deque = deque()              # node ids waiting for a parameter id
         self._waiting: deque = deque()            # parameter ids NNI asked for that we could not fill
-        self._stopped: Dict[int, str] = {}        # lineage -> why it stopped
         self._send: Optional[Callable[[int, dict], None]] = None
-        self._started = False
-        self._watching = False                    # a thread polls trials NNI re-runs after a resume
-        self.finished = False
-        self.result_grace_s = RESULT_GRACE_S
+        self._watching = False                    # a thread handles deadlines and polls recovered trials
+        self._ended = False
         self.end_hook: Optional[Callable[["SplittingTuner"], None]] = _end_experiment
+
+    @property
+    def finished(self) -> bool:
+        """Growth (and every arm) is over."""
+        return self.scheduler.finished
+
+    @property
+    def result_grace_s(self) -> float:
+        """Seconds a trial that ended "SUCCEEDED" has to deliver its final result."""
+        return self.scheduler.result_grace_s
+
+    @result_grace_s.setter
+    def result_grace_s(self, value: float) -> None:
+        self.scheduler.result_grace_s = float(value)
 
     # ------------------------------------------------------------------ NNI entry points
 
@@ -253,16 +327,17 @@ class SplittingTuner(Tuner):
             self._send = kwargs["st_callback"]
         try:
             with self._lock:
-                self._start()
+                if not self.scheduler.started:
+                    self.scheduler.start(self.client.recovered_trials(), time.time())
                 result = []
                 for parameter_id in parameter_id_list:
-                    node = self._pop_ready()
+                    node = self.scheduler.pop_ready()
                     if node is None:
                         if not self.finished:
                             self._waiting.append(parameter_id)
                         continue
                     result.append(self._assign(parameter_id, node))
-                self._check_finished()
+                self._after_event()
             return result
         except Exception:  # never let an exception kill the dispatcher
             _logger.exception("SplittingTuner.generate_multiple_parameters failed")
@@ -272,7 +347,7 @@ class SplittingTuner(Tuner):
         try:
             with self._lock:
                 node = self._node_for(parameter_id, parameters)
-                reported = self._nodes.get(value.get("node")) if isinstance(value, dict) else None
+                reported = self.scheduler.nodes.get(value.get("node")) if isinstance(value, dict) else None
                 if reported is not None and reported is not node:
                     # NNI 3.0's local training service hands parameters out first-in-first-out, so a
                     # trial may run the parameters NNI filed under another one (trials starting
@@ -285,11 +360,8 @@ class SplittingTuner(Tuner):
                 if node is None:
                     _logger.warning("result for unknown parameter id %s ignored: %s", parameter_id, value)
                     return
-                node.trial_id = kwargs.get("trial_job_id") or node.trial_id
-                node.result = value if isinstance(value, dict) else {"default": value}
-                if node.status in ("succeeded", "superseded"):
-                    return
-                self._succeeded(node)
+                self.scheduler.succeeded(node, value, kwargs.get("trial_job_id") or "")
+                self._after_event()
             self._flush()
         except Exception:
             _logger.exception("SplittingTuner.receive_trial_result failed for parameter id %s", parameter_id)
@@ -298,155 +370,36 @@ class SplittingTuner(Tuner):
         try:
             with self._lock:
                 node = self._node_for(parameter_id, None)
-                if node is None or node.status != "running":
+                if node is None or node.status != NodeStatus.RUNNING:
                     return
-                if success:
-                    if node.result is None:  # the final metric may still be on its way
-                        timer = threading.Timer(self.result_grace_s, self._no_result, args=(node.node_id,))
-                        timer.daemon = True
-                        timer.start()
-                    return
-                self._failed(node, "trial failed or was killed")
+                if success:  # the final metric may still be on its way
+                    self.scheduler.ended_without_result(node, time.time())
+                else:
+                    self.scheduler.failed(node, "trial failed or was killed")
+                self._after_event()
             self._flush()
         except Exception:
             _logger.exception("SplittingTuner.trial_end failed for parameter id %s", parameter_id)
 
     def import_data(self, data):
-        """Rebuild the lineages from finished trials (``nnictl resume``)."""
+        """Rebuild the lineages from finished trials (``nnictl resume``); after the start, the final
+        results of trials NNI re-ran arrive here too, not in :meth:`receive_trial_result`."""
         try:
             with self._lock:
-                known = {e["parameter"]["node_id"]: e["parameter"] for e in data
-                         if isinstance(e.get("parameter"), dict) and "node_id" in e["parameter"]}
-                imported = [node for node in (self._import(e, known) for e in data) if node is not None]
-                if self._started:
-                    # final results of trials NNI re-ran after a resume arrive here, not in receive_trial_result
-                    tips = lin.lineage_tips(self._nodes)
-                    for lineage in sorted({node.lineage for node in imported}):
-                        if lineage in tips and not self._busy(lineage) and lineage not in self._stopped:
-                            self._advance(tips[lineage])
-                self._save_state()
+                self.scheduler.import_finished(data)
+                self._after_event()
             self._flush()
         except Exception:
             _logger.exception("SplittingTuner.import_data failed")
 
-    # ------------------------------------------------------------------ state changes (lock held)
+    def state(self) -> dict:
+        """JSON-serialisable summary of all nodes and why each lineage stopped."""
+        with self._lock:
+            return self.scheduler.state()
 
-    def _start(self):
-        if self._started:
-            return
-        self._started = True
-        for trial_id, params in self._recovered_trials():
-            self._adopt(trial_id, params)
-        tips = lin.lineage_tips(self._nodes)
-        for lineage in range(self.args.beam):
-            if self._busy(lineage):
-                continue
-            if lineage in tips:
-                tip = tips[lineage]
-                _logger.info("lineage %d resumes from %s (step %d)", lineage, tip.node_id, tip.step)
-                self._advance(tip)
-            else:
-                self._add(self._seed_node(lineage))
-
-    def _recovered_trials(self) -> List[tuple]:
-        """Trials that were running when the experiment stopped: NNI re-runs them itself on resume.
-
-        Their final results come through :meth:`import_data`, but NNI does not report their end to
-        the tuner, so they are watched through the REST API (:meth:`_watch_recovered`).
-        """
-        from .experiment import dispatcher_rest_url, rest, trial_parameters
-        base = dispatcher_rest_url()
-        if base is None:
-            return []
-        try:
-            jobs = rest(base, "trial-jobs") or []
-        except Exception as error:
-            _logger.warning("cannot list trials through the REST API (%s): trials re-run after a resume "
-                            "will not be tracked", error)
-            return []
-        return [(job.get("trialJobId"), trial_parameters(job)) for job in jobs
-                if job.get("status") not in _ENDED and "node_id" in trial_parameters(job)]
-
-    def _adopt(self, trial_id: str, params: dict):
-        node = self._nodes.get(params["node_id"])
-        if node is not None and node.status == "succeeded":
-            return
-        node = Node(params["node_id"], int(params.get("lineage", 0)), int(params.get("step", 0)),
-                    int(params.get("attempt", 0)), params.get("parent_node") or "", dict(params),
-                    status="running", trial_id=trial_id or "", recovered=True)
-        self._nodes[node.node_id] = node
-        _logger.info("NNI re-runs %s (trial %s) after the resume; waiting for it", node.node_id, trial_id)
-        if not self._watching:
-            self._watching = True
-            threading.Thread(target=self._watch_recovered, name="splitting-recovered", daemon=True).start()
-
-    def _watch_recovered(self):
-        """Poll the trials NNI re-runs after a resume; a failed one is handled like :meth:`trial_end`."""
-        from .experiment import dispatcher_rest_url, rest
-        base = dispatcher_rest_url()
-        ended_at: Dict[str, float] = {}
-        while base is not None:
-            threading.Event().wait(RECOVERED_POLL_S)
-            try:
-                with self._lock:
-                    watched = [n for n in self._nodes.values() if n.recovered and n.status == "running"]
-                    if not watched:
-                        self._watching = False
-                        return
-                for node in watched:
-                    job = rest(base, f"trial-jobs/{node.trial_id}") or {}
-                    state = job.get("status", "")
-                    if state not in _ENDED:
-                        continue
-                    ended_at.setdefault(node.node_id, time.time())
-                    late = time.time() - ended_at[node.node_id] > self.result_grace_s
-                    with self._lock:
-                        if node.status == "running" and (state != "SUCCEEDED" or late):
-                            self._failed(node, f"re-run after resume ended {state} without a result")
-                    self._flush()
-            except Exception:
-                _logger.exception("SplittingTuner: watching re-run trials failed")
-
-    def _seed_node(self, lineage: int, attempt: int = 0) -> Node:
-        node = Node(lin.make_node_id(lineage, 0), lineage, 0, attempt)
-        widths = self.args.seed_widths
-        node.params = self._params(node, widths=list(widths) if isinstance(widths, (list, tuple)) else None,
-                                   width_multiplier=None if isinstance(widths, (list, tuple)) else widths,
-                                   plan={}, parent=None)
-        return node
-
-    def _params(self, node: Node, widths, width_multiplier, plan, parent: Optional[Node]) -> dict:
-        settings = dict(self.args.trial)
-        settings["seed"] = int(settings.get("seed", 0)) + node.lineage
-        info = (parent.info or {}) if parent else {}
-        result = (parent.result or {}) if parent else {}
-        settings.update(
-            model=self.args.model, widths=widths, width_multiplier=width_multiplier,
-            node_id=node.node_id, lineage=node.lineage, step=node.step, attempt=node.attempt,
-            parent=parent.trial_id if parent else "", parent_node=parent.node_id if parent else "",
-            parent_checkpoint=result.get("checkpoint", info.get("checkpoint", "")) if parent else "",
-            parent_splits=result.get("splits", info.get("splits", "")) if parent else "",
-            split_plan=plan, n_split=lin.plan_size(plan), epsilon=self.args.epsilon,
-            split_method=self.args.method, storage_path=self.args.storage_path or "",
-        )
-        return settings
-
-    def _add(self, node: Node):
-        self._nodes[node.node_id] = node
-        node.status = "ready"
-        self._ready.append(node.node_id)
-        _logger.info("queued %s: lineage %d step %d attempt %d, widths %s, %d split(s)", node.node_id, node.lineage,
-                     node.step, node.attempt, node.params.get("widths"), node.params.get("n_split", 0))
-
-    def _pop_ready(self) -> Optional[Node]:
-        while self._ready:
-            node = self._nodes.get(self._ready.popleft())
-            if node is not None and node.status == "ready":
-                return node
-        return None
+    # ------------------------------------------------------------------ adapter internals
 
     def _assign(self, parameter_id: int, node: Node) -> dict:
-        node.status = "running"
         self._param_nodes[parameter_id] = node.node_id
         _logger.info("parameter id %s -> %s", parameter_id, node.node_id)
         return copy.deepcopy(node.params)
@@ -455,235 +408,121 @@ class SplittingTuner(Tuner):
         node_id = self._param_nodes.get(parameter_id)
         if node_id is None and isinstance(parameters, dict):  # NNI may hand '' as parameters: prefer our map
             node_id = parameters.get("node_id")
-        return self._nodes.get(node_id) if node_id else None
+        return self.scheduler.nodes.get(node_id) if node_id else None
 
-    def _busy(self, lineage: int) -> bool:
-        return any(n.lineage == lineage and n.status in ("ready", "running") for n in self._nodes.values())
+    def _verify(self, node: Node, trial_id: Optional[str]) -> Optional[dict]:
+        """Finished work of ``node``'s trial on disk, verified by its checkpoint's SHA-256; else None."""
+        for path in self._index_candidates(trial_id):
+            result = verified_result(path, node.node_id, self.storage)
+            if result is not None:
+                return result
+        return None
 
-    def _stop(self, lineage: int, reason: str):
-        self._stopped[lineage] = reason
-        _logger.info("lineage %d stops: %s", lineage, reason)
+    def _index_candidates(self, trial_id: Optional[str]) -> List[Path]:
+        if not trial_id:
+            return []
+        if self.args.storage_path:
+            folder = trial_output_dir(self.args.storage_path, os.environ.get("NNI_EXP_ID"), trial_id, None)
+            return [Path(self.storage.to_local(str(folder / INDEX_FILE)))] if folder else []
+        checkpoints = os.environ.get("NNI_CHECKPOINT_DIRECTORY")
+        if not checkpoints:
+            return []
+        # local training service: <experiment dir>/environments/<env>/trials/<trial id>/
+        return sorted(Path(checkpoints).parent.glob(f"environments/*/trials/{trial_id}/{INDEX_FILE}"))
 
-    def _succeeded(self, node: Node):
-        node.status = "succeeded"
-        _logger.info("%s (trial %s) succeeded: %s", node.node_id, node.trial_id, node.result)
-        for other in self._nodes.values():  # a retry / fallback of the same step is no longer needed
-            if other is not node and other.status in ("ready", "running") and (other.lineage, other.step,
-                                                                              other.parent) == (node.lineage,
-                                                                                                node.step,
-                                                                                                node.parent):
-                other.status = "superseded"
-                _logger.info("%s is superseded by %s", other.node_id, node.node_id)
+    def _after_event(self):
+        """Lock held: save the state, start the watcher when a deadline is pending, end when finished."""
         self._save_state()
-        # A late success of an older node of a lineage that has already moved on is kept, not grown.
-        tip = lin.lineage_tips(self._nodes).get(node.lineage)
-        if tip is node and not self._busy(node.lineage):
-            if self._stopped.pop(node.lineage, None):
-                _logger.info("lineage %d continues from %s", node.lineage, node.node_id)
-            self._advance(node)
+        if self.scheduler.next_deadline() is not None and not self._watching:
+            self._watching = True
+            threading.Thread(target=self._watch, name="splitting-deadlines", daemon=True).start()
+        if self.finished and not self._ended:
+            self._ended = True
+            self._waiting.clear()
+            if self.end_hook is not None:
+                threading.Thread(target=self.end_hook, args=(self,), name="splitting-end", daemon=True).start()
 
-    def _no_result(self, node_id: str):
-        """A trial NNI filed under ``node_id`` ended "SUCCEEDED" without a result a while ago.
-
-        Either the result got lost, or NNI filed the trial under the wrong parameters (its parameter
-        queue, see :meth:`receive_trial_result`) and the node is still being trained by another
-        trial: so the node only counts as failed once NNI has no trial waiting or running.
-        """
-        try:
-            if self._active_trials():
-                timer = threading.Timer(self.result_grace_s, self._no_result, args=(node_id,))
-                timer.daemon = True
-                timer.start()
-                return
-            with self._lock:
-                node = self._nodes.get(node_id)
-                if node is None or node.status != "running" or node.result is not None:
-                    return
-                self._failed(node, "its trial ended without a final result")
-            self._flush()
-        except Exception:
-            _logger.exception("SplittingTuner: handling the missing result of %s failed", node_id)
-
-    @staticmethod
-    def _active_trials() -> int:
-        """Number of NNI trials waiting or running (0 when the REST API is not reachable)."""
-        from .experiment import dispatcher_rest_url, rest
-        base = dispatcher_rest_url()
-        if base is None:
-            return 0
-        try:
-            return sum(job.get("status") not in _ENDED for job in rest(base, "trial-jobs") or [])
-        except Exception as error:
-            _logger.warning("cannot list trials through the REST API: %s", error)
-            return 0
-
-    def _failed(self, node: Node, why: str):
-        node.status = "failed"
-        parent = self._nodes.get(node.parent) if node.parent else None
-        _logger.warning("%s (trial %s, attempt %d) failed: %s", node.node_id, node.trial_id or "?", node.attempt, why)
-        if node.attempt < self.args.retries:
-            retry = Node(lin.make_node_id(node.lineage, node.step), node.lineage, node.step, node.attempt + 1,
-                         node.parent)
-            retry.params = dict(node.params, node_id=retry.node_id, attempt=retry.attempt)
-            _logger.info("retrying %s as %s", node.node_id, retry.node_id)
-            self._add(retry)
-        elif node.attempt == self.args.retries and parent is not None and self._readable(parent):
-            ranked = lin.rank_plan(node.params.get("split_plan", {}), parent.info["eigenvalues"])
-            self._add(self._child(parent, lin.halve_plan(ranked), attempt=node.attempt + 1))
-            _logger.info("lineage %d falls back to %s (last good checkpoint) with half of the plan", node.lineage,
-                         parent.node_id)
-        else:
-            last = f"; its last good trial is {parent.node_id}" if parent else ""
-            self._stop(node.lineage, f"{node.attempt + 1} failed attempt(s) at step {node.step}{last}")
-        self._save_state()
-
-    def _advance(self, parent: Node):
-        """Queue the child of a succeeded node, or stop its lineage."""
-        lineage = parent.lineage
-        if parent.step >= self.args.max_steps:
-            return self._stop(lineage, f"max_steps={self.args.max_steps} reached")
-        try:
-            info = self._load_info(parent)
-        except (OSError, ValueError, KeyError) as error:
-            return self._stop(lineage, f"cannot read the splitting indexes of {parent.node_id}: {error}")
-        if info.get("splitting_error"):
-            return self._stop(lineage, f"{parent.node_id} could not compute splitting indexes: "
-                                       f"{info['splitting_error']}")
-        plan = self._select(info)
-        if not plan:
-            low = min((min(v) for v in info["eigenvalues"].values() if len(v)), default=float("nan"))
-            return self._stop(lineage, f"splitting-stable: no index below threshold={self.args.threshold} "
-                                       f"(lowest {low:.4g})")
-        if self.limits:
-            base = lin.budget_totals(info)
-            if lin.over_budget(base, self.limits):
-                return self._stop(lineage, f"budget {self.limits} reached ({base})")
-            ranked = lin.rank_plan(plan, info["eigenvalues"], self._costs(info))
-            plan = lin.trim_plan(ranked, base, lin.budget_unit_costs(info), self.limits, exact=_exact_counter(info))
-            if not plan:
-                return self._stop(lineage, f"budget {self.limits}: no neuron fits")
-        self._add(self._child(parent, plan))
-
-    def _child(self, parent: Node, plan: dict, attempt: int = 0) -> Node:
-        info = parent.info
-        node = Node(lin.make_node_id(parent.lineage, parent.step + 1), parent.lineage, parent.step + 1, attempt,
-                    parent.node_id)
-        widths = lin.grown_widths(info["widths"], info["width_layers"], plan)
-        node.params = self._params(node, widths=widths, width_multiplier=None, plan=plan, parent=parent)
-        return node
-
-    def _select(self, info: dict) -> dict:
-        from . import select_neurons
-        m = lin.split_count(info["widths"], self.args.grow_ratio, self.args.max_splits)
-        eigenvalues = {k: v for k, v in info["eigenvalues"].items() if k in set(info["width_layers"])}
-        plan = select_neurons(eigenvalues, max_splits=m, threshold=self.args.threshold,
-                              max_per_layer=self.args.max_per_layer, costs=self._costs(info))
-        return lin.clean_plan(plan)
-
-    def _costs(self, info: dict) -> Optional[dict]:
-        if self.args.cost == "none":
-            return None
-        return info.get("costs", {}).get(self.args.cost) or None
-
-    def _readable(self, node: Node) -> bool:
-        try:
-            self._load_info(node)
-            return True
-        except (OSError, ValueError, KeyError) as error:
-            _logger.warning("cannot read the splitting indexes of %s: %s", node.node_id, error)
-            return False
-
-    def _load_info(self, node: Node) -> dict:
-        if node.info is None:
-            path = (node.result or {}).get("indexes")
-            if not path:
-                raise KeyError(f"the result of {node.node_id} has no 'indexes' path: {node.result}")
-            node.info = read_json(self.storage.to_local(path))
-        return node.info
-
-    def _import(self, entry: dict, known: Dict[str, dict]) -> Optional[Node]:
-        """Record one finished trial; ``known`` maps node ids to the parameters exported with them.
-
-        The trial's result names the node it really ran (``node``): NNI 3.0 may have filed the trial
-        under another trial's parameters (first-in-first-out parameter queue), so the result wins.
-        """
-        params, value = entry.get("parameter"), entry.get("value")
-        value = value if isinstance(value, dict) else {"default": value}
-        params = params if isinstance(params, dict) else {}
-        node_id = value.get("node") or params.get("node_id")
-        if not node_id:
-            _logger.warning("import_data: skipping a trial without node_id: %s", entry)
-            return None
-        node = self._nodes.get(node_id)
-        if node is not None and node.status == "succeeded":
-            return None
-        if node is None:
-            params = known.get(node_id) or {"node_id": node_id, "lineage": value.get("lineage", 0),
-                                            "step": value.get("step", 0), "attempt": value.get("attempt", 0)}
-            node = Node(node_id, int(params.get("lineage", 0)), int(params.get("step", 0)),
-                        int(params.get("attempt", 0)), params.get("parent_node") or "", dict(params))
-            self._nodes[node_id] = node
-        node.trial_id = entry.get("trialJobId") or node.trial_id
-        node.result = value
-        node.status = "succeeded"
-        _logger.info("imported %s (trial %s, lineage %d, step %d)", node.node_id, node.trial_id, node.lineage,
-                     node.step)
-        return node
-
-    # ------------------------------------------------------------------ sending and finishing
+    def _watch(self):
+        """Deadlines and recovered trials: poll NNI's state of recovered trials, tick the scheduler."""
+        while True:
+            try:
+                with self._lock:
+                    deadline = self.scheduler.next_deadline()
+                    if deadline is None:
+                        self._watching = False
+                        return
+                threading.Event().wait(max(0.01, min(RECOVERED_POLL_S, deadline - time.time())))
+                with self._lock:
+                    recovered = [n for n in self.scheduler.nodes.values()
+                                 if n.recovered and n.status == NodeStatus.RUNNING]
+                states = {n.node_id: self.client.trial_state(n.trial_id) for n in recovered}
+                busy = self.client.active_trials() > 0 if self.scheduler.next_deadline() <= time.time() else False
+                with self._lock:
+                    now = time.time()
+                    for node in recovered:
+                        self.scheduler.recovered_state(node, states[node.node_id], now)
+                    self.scheduler.tick(now, nni_busy=busy)
+                    self._after_event()
+                self._flush()
+            except Exception:
+                _logger.exception("SplittingTuner: handling deadlines failed")
+                threading.Event().wait(RECOVERED_POLL_S)
 
     def _flush(self):
-        """Push ready children to the parameter ids NNI is waiting on (outside the lock)."""
+        """Push ready nodes to the parameter ids NNI is waiting on (outside the lock)."""
         pushes = []
         with self._lock:
-            while self._ready and self._waiting and self._send is not None:
-                node = self._pop_ready()
+            while self._waiting and self._send is not None:
+                node = self.scheduler.pop_ready()
                 if node is None:
                     break
                 parameter_id = self._waiting.popleft()
                 pushes.append((parameter_id, self._assign(parameter_id, node)))
-            self._check_finished()
+            self._after_event()
         for parameter_id, params in pushes:
             _logger.info("sending %s with parameter id %s", params["node_id"], parameter_id)
             self._send(parameter_id, params)
-
-    def _check_finished(self):
-        if self.finished or not self._started:
-            return
-        if any(n.status in ("ready", "running") for n in self._nodes.values()):
-            return
-        self.finished = True
-        self._waiting.clear()
-        done = [n for n in self._nodes.values() if n.status == "succeeded"]
-        _logger.info("growth finished: %d succeeded trial(s); %s", len(done),
-                     "; ".join(f"lineage {k}: {v}" for k, v in sorted(self._stopped.items())) or "no lineage")
-        self._save_state()
-        if self.end_hook is not None:
-            threading.Thread(target=self.end_hook, args=(self,), name="splitting-end", daemon=True).start()
-
-    def state(self) -> dict:
-        """JSON-serialisable summary of all nodes and why each lineage stopped."""
-        with self._lock:
-            return {"finished": self.finished, "stopped": {str(k): v for k, v in self._stopped.items()},
-                    "nodes": [n.to_dict() for n in self._nodes.values()], "args": self.args._asdict()}
 
     def _save_state(self):
         folder = os.environ.get("NNI_CHECKPOINT_DIRECTORY")
         if not folder:
             return
         try:
-            atomic_write_json(Path(folder) / "splitting_tuner.json", self.state())
+            atomic_write_json(Path(folder) / "splitting_tuner.json", self.scheduler.state())
         except Exception:
             _logger.exception("could not write the tuner state to %s", folder)
 
 
-def _exact_counter(info: dict) -> Callable[[dict], Optional[Dict[str, float]]]:
+def verified_result(index_path, node_id: str, storage: Optional[StorageMap] = None) -> Optional[dict]:
+    """The final result of a finished trial rebuilt from its ``splitting.json``, or None.
+
+    Only when the file names ``node_id``, and its checkpoint exists with the SHA-256 the trial
+    stored (``checkpoint_sha256``), and its splits file exists: work cut off mid-write is not adopted.
+    """
+    storage = storage or StorageMap()
+    try:
+        info = read_json(index_path)
+        checkpoint = storage.to_local(info["checkpoint"])
+        if info.get("node_id") != node_id or not info.get("checkpoint_sha256"):
+            return None
+        if file_sha256(checkpoint) != info["checkpoint_sha256"]:
+            _logger.warning("%s: checkpoint %s does not match its SHA-256: not adopted", node_id, checkpoint)
+            return None
+        if info.get("splits") and not Path(storage.to_local(info["splits"])).is_file():
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {"default": info.get("accuracy"), "val_accuracy": info.get("val_accuracy"), "params": info["params"],
+            "flops": info["flops"], "step": info.get("step"), "lineage": info.get("lineage"), "node": node_id,
+            "parent": info.get("parent", ""), "method": "splitting", "adopted": True,
+            "widths": ",".join(str(w) for w in info.get("widths", [])), "checkpoint": info["checkpoint"],
+            "splits": info.get("splits", ""), "indexes": storage.to_trial(str(index_path))}
+
+
+def exact_counter(info: dict) -> Callable[[dict], Optional[Dict[str, float]]]:
     """``plan -> totals`` counting the grown model with NNI's counter; None when it cannot be built."""
     def count(plan: dict) -> Optional[Dict[str, float]]:
         try:
-            import torch
-            from . import count_model
-            from .models import build_model
             widths = lin.grown_widths(info["widths"], info["width_layers"], plan)
             model = build_model(info["model"], widths=widths, **info.get("model_config", {}))
             flops, params = count_model(model, torch.zeros(1, *info["input_shape"]))
@@ -696,9 +535,8 @@ def _exact_counter(info: dict) -> Callable[[dict], Optional[Dict[str, float]]]:
 
 def _end_experiment(tuner: SplittingTuner) -> None:
     """Let NNI reach DONE: lower maxTrialNumber to the number of trials (needs the dispatcher's env)."""
-    from .experiment import finish_from_dispatcher
     try:
-        count = finish_from_dispatcher()
+        count = tuner.client.finish()
         if count is not None:
             _logger.info("maxTrialNumber set to %d trials so that the experiment ends DONE", count)
     except Exception:

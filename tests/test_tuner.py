@@ -191,7 +191,7 @@ def test_budget_is_checked_with_the_exact_counter():
     torch = pytest.importorskip("torch")
     from nni_splitting import count_model
     from nni_splitting.models import build_model
-    from nni_splitting.tuner import _exact_counter
+    from nni_splitting.tuner import exact_counter
 
     config = {"in_features": 4, "num_classes": 3}
     model = build_model("mlp", widths=[4, 4], **config)
@@ -202,7 +202,7 @@ def test_budget_is_checked_with_the_exact_counter():
     ranked = [(layers[0], 0), (layers[1], 0), (layers[0], 1), (layers[1], 1)]
     cheap = {"params": {layers[0]: 1.0, layers[1]: 1.0}}  # deliberately far too low
     limits = {"params": params + 12}
-    plan = lin.trim_plan(ranked, {"params": params}, cheap, limits, exact=_exact_counter(info))
+    plan = lin.trim_plan(ranked, {"params": params}, cheap, limits, exact=exact_counter(info))
     assert plan  # something fits ...
     widths = lin.grown_widths([4, 4], layers, plan)
     assert count_model(build_model("mlp", widths=widths, **config), torch.zeros(1, 4))[1] <= limits["params"]
@@ -422,10 +422,29 @@ def _stopped_while_running(tmp_path):
     return nni_, results, nni_.only_running()[1]
 
 
+class FakeClient:
+    """The tuner's REST client inside a resumed dispatcher: trials NNI re-runs, their states."""
+
+    def __init__(self, recovered, states=None):
+        self.recovered, self.states = recovered, states or {}
+
+    def recovered_trials(self):
+        return self.recovered
+
+    def trial_state(self, trial_id):
+        return self.states.get(trial_id, "RUNNING")
+
+    def active_trials(self):
+        return 0
+
+    def finish(self):
+        return None
+
+
 def test_trial_rerun_by_nni_after_resume_is_adopted(tmp_path):
     nni_, results, running = _stopped_while_running(tmp_path)
     resumed = SplittingTuner(seed_widths=[3, 2], max_splits=1, max_steps=3)
-    resumed._recovered_trials = lambda: [("T-rerun", running)]  # NNI re-runs it; the REST API lists it
+    resumed.client = FakeClient([("T-rerun", running, "RUNNING")])  # NNI re-runs it; the REST API lists it
     resumed.import_data(_exported(nni_, results))
     again = FakeNNI(resumed, tmp_path)
     again.request(1)
@@ -438,15 +457,12 @@ def test_trial_rerun_by_nni_after_resume_is_adopted(tmp_path):
 
 
 def test_failed_rerun_after_resume_is_retried(tmp_path, monkeypatch):
-    import nni_splitting.experiment as experiment
     import nni_splitting.tuner as tuner_module
 
     nni_, results, running = _stopped_while_running(tmp_path)
     monkeypatch.setattr(tuner_module, "RECOVERED_POLL_S", 0.01)
-    monkeypatch.setattr(experiment, "dispatcher_rest_url", lambda env=None: "http://fake")
-    monkeypatch.setattr(experiment, "rest", lambda base, path, **kw: {"status": "FAILED"})
     resumed = SplittingTuner(seed_widths=[3, 2], max_splits=1, max_steps=3)
-    resumed._recovered_trials = lambda: [("T-rerun", running)]
+    resumed.client = FakeClient([("T-rerun", running, "RUNNING")], {"T-rerun": "FAILED"})
     resumed.import_data(_exported(nni_, results))
     again = FakeNNI(resumed, tmp_path)
     again.request(1)

@@ -1,0 +1,141 @@
+"""The comparison's :class:`~nni_splitting.scheduler.Policy`: the baseline arms beside each splitting lineage.
+
+For each seed (lineage ``i``, training seed ``trial.seed + i``) a ``full`` arm trains the full-width
+model from the start; once the lineage has stopped and the full model is trained (or failed), every
+step the lineage reached (= every parameter ratio) gets the other arms: pruners of the full
+checkpoint to the step's ratio, ``random_split`` / ``new_neurons`` with the lineage's per-step
+split counts, ``scratch`` with the step's widths, ``uniform`` at the step's parameter count, and,
+when a pruner's trial has reported, ``pruned_scratch`` (its architecture from scratch, arm label
+``<pruner>_scratch``).  Arm nodes are :data:`~nni_splitting.lineage.NodeKind.ARM` nodes of the same
+:class:`~nni_splitting.scheduler.Scheduler`; their ``lineage`` is the seed they belong to.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import secrets
+from typing import Dict, List, Optional, Sequence
+
+from .arms import GROWTH_ARMS, PRUNING_ARMS
+from .lineage import Node, NodeKind, NodeStatus
+from .scheduler import Policy, Scheduler
+
+__all__ = ["ComparisonPolicy", "DEFAULT_ARMS"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ARMS = ("pruning", "random_split", "new_neurons", "scratch", "pruned_scratch", "uniform")
+
+
+def _widths(text) -> List[int]:
+    return [int(w) for w in str(text or "").split(",") if w]
+
+
+class ComparisonPolicy(Policy):
+    """Queue the baseline arms of each lineage (see the module docstring).
+
+    Parameters
+    ----------
+    args
+        The tuner's arguments (model, epsilon, beam, trial settings).
+    arms, pruners
+        Arms (:data:`DEFAULT_ARMS`) and pruners (:data:`nni_splitting.arms.PRUNING_ARMS`) to run.
+    extra
+        Settings every arm trial gets (``full_epochs``, ``finetune_epochs``, ``prune_training_steps``;
+        None values are left out).
+    """
+
+    def __init__(self, args, arms: Optional[Sequence[str]] = None, pruners: Optional[Sequence[str]] = None,
+                 extra: Optional[dict] = None):
+        self.args = args
+        self.arms = list(arms if arms is not None else DEFAULT_ARMS)
+        self.pruners = list(pruners if pruners is not None else PRUNING_ARMS)
+        bad = [a for a in self.arms if a not in DEFAULT_ARMS] + [p for p in self.pruners if p not in PRUNING_ARMS]
+        if bad:
+            raise ValueError(f"unknown arms/pruners {bad}; arms: {list(DEFAULT_ARMS)}, pruners: {list(PRUNING_ARMS)}")
+        self.extra = {k: v for k, v in (extra or {}).items() if v is not None}
+        self.emitted: set = set()   # lineages whose arms were queued
+
+    # ------------------------------------------------------------------ Policy hooks
+
+    def start(self, scheduler: Scheduler) -> None:
+        for lineage in range(self.args.beam):
+            self._add(scheduler, lineage, "full", 0, {"widths": None, "width_multiplier": 1.0})
+
+    def growth_params(self, node: Node, parent: Optional[Node]) -> dict:
+        result = (parent.result or {}) if parent else {}
+        return {"arm": "splitting", "ancestor_epochs": result.get("epochs", 0),
+                "ancestor_wall_time": result.get("wall_time", 0.0)}
+
+    def lineage_stopped(self, scheduler: Scheduler, lineage: int) -> None:
+        self._maybe_emit(scheduler, lineage)
+
+    def arm_ended(self, scheduler: Scheduler, node: Node) -> None:
+        arm = node.params.get("arm")
+        if arm == "full":
+            self._maybe_emit(scheduler, node.lineage)
+        elif node.status == NodeStatus.SUCCEEDED and arm in PRUNING_ARMS and "pruned_scratch" in self.arms:
+            self._add_pruned_scratch(scheduler, node)
+
+    # ------------------------------------------------------------------ arms
+
+    def _add(self, scheduler: Scheduler, lineage: int, arm: str, step: int, extra: dict) -> None:
+        settings = dict(self.args.trial)
+        settings["seed"] = int(settings.get("seed", 0)) + lineage
+        settings.update(model=self.args.model, arm=arm, lineage=lineage, step=step, epsilon=self.args.epsilon,
+                        **self.extra)
+        settings.update(extra)
+        scheduler.add_arm(lineage, f"{arm}-l{lineage}s{step}-{secrets.token_hex(3)}", step, settings)
+
+    def _fulls(self, scheduler: Scheduler, lineage: int) -> List[Node]:
+        return [n for n in scheduler.nodes.values() if n.kind == NodeKind.ARM and n.lineage == lineage
+                and n.params.get("arm") == "full"]
+
+    def _maybe_emit(self, scheduler: Scheduler, lineage: int) -> None:
+        """Queue the baselines of a lineage once it has stopped and its full model is trained (or failed)."""
+        if lineage in self.emitted or lineage not in scheduler.stopped:
+            return
+        fulls = self._fulls(scheduler, lineage)
+        full = next((n for n in fulls if n.status == NodeStatus.SUCCEEDED), None)
+        if full is None and not (fulls and all(n.status == NodeStatus.FAILED for n in fulls)):
+            return
+        self.emitted.add(lineage)
+        chain = scheduler.chain(lineage)
+        if not chain:
+            return
+        seed_widths = _widths(chain[0].result.get("widths"))
+        counts: List[Dict[str, int]] = []
+        for node in chain:
+            result = node.result or {}
+            epochs = int(result.get("epochs") or 0) or None
+            if node.step > 0:
+                counts.append({layer: len(idx) for layer, idx in (node.params.get("split_plan") or {}).items()})
+            if "pruning" in self.arms and full is not None:
+                for pruner in self.pruners:
+                    self._add(scheduler, lineage, pruner, node.step, {
+                        "full_checkpoint": full.result.get("checkpoint", ""),
+                        "target_ratio": float(result["params"]) / float(full.result["params"]),
+                        "prior_epochs": full.result.get("epochs", 0),
+                        "prior_wall_time": full.result.get("wall_time", 0.0), "matched_epochs": epochs})
+            if node.step > 0:
+                for arm in GROWTH_ARMS:
+                    if arm in self.arms:
+                        self._add(scheduler, lineage, arm, node.step, {"widths_seed": seed_widths,
+                                                                       "split_counts": copy.deepcopy(counts)})
+                if "scratch" in self.arms:
+                    self._add(scheduler, lineage, "scratch", node.step, {"widths": _widths(result.get("widths")),
+                                                                         "total_epochs": epochs})
+            if "uniform" in self.arms:
+                self._add(scheduler, lineage, "uniform", node.step, {"target_params": int(result["params"]),
+                                                                     "total_epochs": epochs})
+        logger.info("lineage %d: queued the baselines of %d step(s)", lineage, len(chain))
+
+    def _add_pruned_scratch(self, scheduler: Scheduler, pruned: Node) -> None:
+        """Queue the pruner's architecture, trained from scratch for the lineage's epochs at that ratio."""
+        widths = _widths((pruned.result or {}).get("widths"))
+        if not widths:
+            logger.warning("pruner trial %s reported no widths: no pruned_scratch arm", pruned.node_id)
+            return
+        self._add(scheduler, pruned.lineage, "pruned_scratch", pruned.step, {
+            "widths": widths, "total_epochs": pruned.params.get("matched_epochs"),
+            "arm_label": f"{pruned.params['arm']}_scratch"})
