@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .counting import count_model, neuron_costs
+from .defaults import EPSILON, METHOD
 from .data import DATASETS, dummy_input, load_dataset, make_loaders
 from .models import build_model, current_widths, scale_widths
 from .splitting import compute_splitting, load_splits, save_splits
@@ -92,8 +93,8 @@ ARCH_DEFAULTS: Dict[str, Any] = {
     "parent_splits": "",
     "split_plan": {},          # {layer name: [neuron indices]}
     "n_split": 0,
-    "epsilon": 1e-2,
-    "split_method": "exact",
+    "epsilon": EPSILON,        # nni_splitting.defaults (one default per option)
+    "split_method": METHOD,
     "storage_path": "",        # shared folder (worker view); "" = $NNI_OUTPUT_DIR
 }
 

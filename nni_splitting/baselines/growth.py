@@ -32,6 +32,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ..defaults import EPSILON
+from ..models import WidthModel, build_model, default_widths, rebuild, scale_widths
 from ..counting import count_model
 from ..graph import NeuronGroup, find_neuron_groups, trace_model
 from ..splitting import LayerSplitting
@@ -137,7 +139,7 @@ def random_splits(model: nn.Module, example_input: torch.Tensor, n: Count, seed:
     return splits, plan
 
 
-def random_split(model: nn.Module, example_input: torch.Tensor, n: Count, epsilon: float = 1e-2,
+def random_split(model: nn.Module, example_input: torch.Tensor, n: Count, epsilon: float = EPSILON,
                  seed: Optional[int] = 0, layers: Optional[Sequence[str]] = None) -> Tuple[nn.Module, Dict[str, List[int]]]:
     """Split ``n`` random neurons along random unit directions (a copy of ``model``; see :func:`random_splits`)."""
     splits, plan = random_splits(model, example_input, n, seed=seed, layers=layers)
@@ -257,7 +259,6 @@ def reinitialize(model: nn.Module, seed: Optional[int] = 0) -> nn.Module:
     init, at its current widths); any other model is copied and every module's ``reset_parameters``
     is called.
     """
-    from ..models import WidthModel, rebuild
 
     if seed is not None:
         torch.manual_seed(int(seed))
@@ -278,7 +279,6 @@ def uniform_width_model(model_name: str, target_params: int, dummy_input: torch.
     ``base_widths`` defaults to the model's default widths. Returns ``(model, m)``; the model is freshly
     initialised (``build_model``).
     """
-    from ..models import build_model, default_widths, scale_widths
 
     if isinstance(target_params, bool) or not isinstance(target_params, int) or target_params <= 0:
         raise ValueError(f"target_params={target_params!r} must be a positive int")
@@ -318,7 +318,6 @@ def width_search_space(model_name: str, choices: Sequence[float] = WIDTH_CHOICES
 
     One key per width layer of ``model_name`` (``mult_0`` is the first entry of its widths).
     """
-    from ..models import default_widths
 
     values = [float(c) for c in choices]
     if not values or any(not math.isfinite(v) or v <= 0 for v in values):
@@ -354,7 +353,6 @@ def widths_from_params(model_name: str, params: Mapping, base_widths: Optional[S
     Keys other than ``mult_<i>`` (e.g. a learning rate in the same search space) are ignored.
     ``base_widths`` defaults to the model's default widths.
     """
-    from ..models import default_widths
 
     base = list(base_widths) if base_widths is not None else default_widths(model_name)
     if not isinstance(params, Mapping):
@@ -387,7 +385,6 @@ def _width_space_class():
     from nni.nas.nn.pytorch import ModelSpace
     from nni.nas.space import model_context
 
-    from ..models import build_model, default_widths
 
     class WidthSpace(ModelSpace):
         """NNI 3.0 model space: ``model_name`` with one ``nni.choice("mult_<i>", choices)`` per width layer.

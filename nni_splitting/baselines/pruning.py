@@ -54,8 +54,9 @@ import torch.nn as nn
 
 from ..counting import count_model
 from ..graph import NeuronGroup, find_neuron_groups, trace_model
-from ..models import widths_of
+from ..models import current_widths, widths_of
 from ..nni_compat import speedup
+from ..training import seed_everything, torch_evaluator
 
 __all__ = ["PRUNERS", "PruneInfo", "prune_to_ratio", "prunable_groups", "pruning_config", "bn_slim_masks",
            "apply_masks", "widths_of"]
@@ -199,7 +200,6 @@ def _as_evaluator(evaluator, model: nn.Module, work: nn.Module, dummy_input: tor
     """An NNI evaluator bound by parameter *names* to ``work`` (a copy of ``model``)."""
     from nni.compression.utils.evaluator import Evaluator
 
-    from ..training import torch_evaluator
 
     if evaluator is None:
         raise ValueError("this pruner trains: pass evaluator= (an NNI Evaluator built for the model, or a "
@@ -392,7 +392,6 @@ def prune_to_ratio(model: nn.Module, method: str, params_ratio: float, dummy_inp
     if isinstance(training_steps, bool) or not isinstance(training_steps, int) or training_steps <= 0:
         raise ValueError(f"training_steps={training_steps!r} must be a positive int")
     if seed is not None:
-        from ..training import seed_everything
 
         seed_everything(seed)
     was_training = model.training
@@ -419,7 +418,6 @@ def prune_to_ratio(model: nn.Module, method: str, params_ratio: float, dummy_inp
     flops, _ = count_model(pruned, dummy_input)
     widths = None
     if callable(getattr(pruned, "width_layers", None)):
-        from ..models import current_widths
 
         widths = current_widths(pruned)
     info = PruneInfo(method, target, params, base_params, flops, base_flops, knob,
