@@ -43,8 +43,9 @@ RESULT_GRACE_S = 60.0
 RESUME_TIMEOUT_S = 1800.0
 #: NNI trial states after which a trial does nothing more.
 ENDED_STATES = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
-#: States in which NNI 3.0 re-runs a trial on resume (``addRecoveredTrialJob``); others never run again.
-RERUN_STATES = ("WAITING", "RUNNING")
+#: REST states of a trial NNI 3.0 re-runs on resume (``addRecoveredTrialJob`` re-queues WAITING and
+#: RUNNING trials and files the event ``ADD_RESUMED``, which the REST API then shows); others never run again.
+RERUN_STATES = ("WAITING", "RUNNING", "ADD_RESUMED")
 
 Reader = Callable[[str], dict]
 Verifier = Callable[[Node, Optional[str]], Optional[dict]]

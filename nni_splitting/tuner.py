@@ -13,7 +13,7 @@ own random initialisation.
 The tuner is a thin NNI adapter (parameter-id map, ``st_callback`` pushes, ``import_data`` replay,
 classArgs) over the pure, thread-free :class:`~nni_splitting.scheduler.Scheduler` (lineage state
 machine, growth, retry and recovery policies); lineage maths is :mod:`nni_splitting.lineage`, paths
-are :mod:`nni_splitting.storage`, NNI's REST API is :mod:`nni_splitting.nni.rest`.
+are :mod:`nni_splitting.storage`, NNI's REST API and trial outputs are :mod:`nni_splitting.dispatcher`.
 
 NNI specifics (see docs/nni.md): a child cannot be emitted before its parent finished, so
 ``generate_parameters`` raises ``NoMoreTrialError`` and keeps the parameter id; the child is pushed
@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
 
 import nni
 import torch
@@ -41,19 +41,17 @@ from nni import ClassArgsValidator
 from nni.tuner import Tuner
 
 from . import lineage as lin
-from .checkpoint import file_sha256
 from .counting import count_model
 from .defaults import EPSILON, GROW_RATIO, METHOD
 from .lineage import Node, NodeStatus
 from .models import MODELS, build_model
-from .nni import rest as nni_rest
-from .scheduler import ENDED_STATES, RESUME_TIMEOUT_S, Policy, Scheduler
+from .dispatcher import DispatcherClient, verified_result
+from .scheduler import RESUME_TIMEOUT_S, Policy, Scheduler
 from .splitting import METHODS
 from .storage import INDEX_FILE, StorageMap, atomic_write_json, read_json, trial_output_dir
 from .trial import check_train_settings
 
-__all__ = ["SplittingTuner", "SplittingArguments", "SplittingClassArgsValidator", "COSTS", "DispatcherClient",
-           "exact_counter", "verified_result"]
+__all__ = ["SplittingTuner", "SplittingArguments", "SplittingClassArgsValidator", "COSTS", "exact_counter"]
 
 logger = logging.getLogger(__name__)
 # A child of NNI's "nni" logger, so the messages land in the experiment's dispatcher.log.
@@ -190,50 +188,6 @@ class SplittingClassArgsValidator(ClassArgsValidator):
             raise ValueError(f"resume_timeout must be a number of seconds > 0, got {args.resume_timeout!r}")
         if args.local_storage_path and not args.storage_path:
             raise ValueError("local_storage_path needs storage_path (the same folder as the trials see it)")
-
-
-class DispatcherClient:
-    """What the tuner asks NNI's REST API from inside the dispatcher (nothing outside one).
-
-    Tests replace the tuner's ``client`` with a fake of the same four methods.
-    """
-
-    def __init__(self, base: Optional[str] = None):
-        self.base = base if base is not None else nni_rest.dispatcher_rest_url()
-
-    def active_trials(self) -> int:
-        """Number of NNI trials waiting or running (0 when the REST API is not reachable)."""
-        if self.base is None:
-            return 0
-        try:
-            return sum(job.get("status") not in ENDED_STATES for job in nni_rest.rest(self.base, "trial-jobs") or [])
-        except Exception as error:
-            _logger.warning("cannot list trials through the REST API: %s", error)
-            return 0
-
-    def recovered_trials(self) -> List[Tuple[str, dict, str]]:
-        """``(trial id, parameters, state)`` of trials not ended when the experiment was resumed."""
-        if self.base is None:
-            return []
-        try:
-            jobs = nni_rest.rest(self.base, "trial-jobs") or []
-        except Exception as error:
-            _logger.warning("cannot list trials through the REST API (%s): trials re-run after a resume "
-                            "will not be tracked", error)
-            return []
-        return [(job.get("trialJobId"), nni_rest.trial_parameters(job), job.get("status", ""))
-                for job in jobs if job.get("status") not in ENDED_STATES
-                and "node_id" in nni_rest.trial_parameters(job)]
-
-    def trial_state(self, trial_id: str) -> str:
-        """NNI's state of one trial ("" when unknown)."""
-        if self.base is None or not trial_id:
-            return ""
-        return (nni_rest.rest(self.base, f"trial-jobs/{trial_id}") or {}).get("status", "")
-
-    def finish(self) -> Optional[int]:
-        """Let NNI reach DONE: lower maxTrialNumber to the number of trials."""
-        return nni_rest.finish_from_dispatcher()
 
 
 class SplittingTuner(Tuner):
@@ -491,32 +445,6 @@ class SplittingTuner(Tuner):
             atomic_write_json(Path(folder) / "splitting_tuner.json", self.scheduler.state())
         except Exception:
             _logger.exception("could not write the tuner state to %s", folder)
-
-
-def verified_result(index_path, node_id: str, storage: Optional[StorageMap] = None) -> Optional[dict]:
-    """The final result of a finished trial rebuilt from its ``splitting.json``, or None.
-
-    Only when the file names ``node_id``, and its checkpoint exists with the SHA-256 the trial
-    stored (``checkpoint_sha256``), and its splits file exists: work cut off mid-write is not adopted.
-    """
-    storage = storage or StorageMap()
-    try:
-        info = read_json(index_path)
-        checkpoint = storage.to_local(info["checkpoint"])
-        if info.get("node_id") != node_id or not info.get("checkpoint_sha256"):
-            return None
-        if file_sha256(checkpoint) != info["checkpoint_sha256"]:
-            _logger.warning("%s: checkpoint %s does not match its SHA-256: not adopted", node_id, checkpoint)
-            return None
-        if info.get("splits") and not Path(storage.to_local(info["splits"])).is_file():
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return {"default": info.get("accuracy"), "val_accuracy": info.get("val_accuracy"), "params": info["params"],
-            "flops": info["flops"], "step": info.get("step"), "lineage": info.get("lineage"), "node": node_id,
-            "parent": info.get("parent", ""), "method": "splitting", "adopted": True,
-            "widths": ",".join(str(w) for w in info.get("widths", [])), "checkpoint": info["checkpoint"],
-            "splits": info.get("splits", ""), "indexes": storage.to_trial(str(index_path))}
 
 
 def exact_counter(info: dict) -> Callable[[dict], Optional[Dict[str, float]]]:

@@ -10,7 +10,8 @@ from nni_splitting.lineage import NodeKind, NodeStatus
 from nni_splitting.models import build_model
 from nni_splitting.scheduler import Policy, Scheduler
 from nni_splitting.storage import atomic_write_json, read_json
-from nni_splitting.tuner import SplittingArguments, verified_result
+from nni_splitting.dispatcher import verified_result
+from nni_splitting.tuner import SplittingArguments
 
 LAYERS = ["a", "b"]
 EIG = {"a": [-0.1, -0.5, 0.2], "b": [-0.3, 0.0]}
@@ -92,7 +93,7 @@ def _stopped_mid_step(tmp_path, verify):
 
 def test_recovered_trial_gets_a_deadline_then_is_retried(tmp_path):
     resumed, running = _stopped_mid_step(tmp_path, verify=None)
-    resumed.start([("T1", running.params, "RUNNING")], now=0.0)
+    resumed.start([("T1", running.params, "ADD_RESUMED")], now=0.0)  # what NNI's REST API shows
     assert resumed.pop_ready() is None  # NNI re-runs it: no duplicate at first
     assert resumed.next_deadline() == 100.0
     assert resumed.tick(now=50.0) == []
