@@ -67,7 +67,7 @@ from .data import dummy_input, load_dataset, make_loaders
 from .models import build_model, current_widths
 from .storage import trial_output_dir
 from .training import evaluate
-from .trial import device_of, load_overrides, model_kwargs, resolve_params, run_trial, train_network
+from .trial import device_of, full_widths, load_overrides, model_kwargs, resolve_params, run_trial, train_network
 
 __all__ = ["ArmSpec", "ARM_SPECS", "ARMS", "FAMILIES", "PRUNING_ARMS", "GROWTH_ARMS", "COMPARE_DEFAULTS",
            "resolve_arm_params", "run_arm", "arm_label", "main"]
@@ -141,7 +141,7 @@ def _train(ctx: ArmContext, model: nn.Module, epochs) -> float:
 
 
 def _run_full(ctx: ArmContext) -> ArmOutcome:
-    model = build_model(ctx.params["model"], widths=None, **ctx.kwargs).to(ctx.device)
+    model = build_model(ctx.params["model"], widths=full_widths(ctx.params), **ctx.kwargs).to(ctx.device)
     epochs = int(ctx.params["full_epochs"] or ctx.params["epochs"])
     return ArmOutcome(model, _train(ctx, model, epochs), epochs, {})
 
@@ -193,7 +193,7 @@ def _run_scratch(ctx: ArmContext) -> ArmOutcome:
 
 def _run_uniform(ctx: ArmContext) -> ArmOutcome:
     model, multiplier = uniform_width_model(ctx.params["model"], int(ctx.params["target_params"]), ctx.dummy,
-                                            **ctx.kwargs)
+                                            base_widths=full_widths(ctx.params), **ctx.kwargs)
     model = model.to(ctx.device)
     epochs = _retrain_epochs(ctx.params)
     return ArmOutcome(model, _train(ctx, model, epochs), epochs, {"width_multiplier": multiplier})
@@ -205,7 +205,7 @@ def _run_width(ctx: ArmContext) -> ArmOutcome:
     widths = list(p["widths"]) if p["widths"] else widths_from_params(name, p)
     model = build_model(name, widths=widths, **ctx.kwargs)
     budget = p["max_params_ratio"]
-    full_params = count_model(build_model(name, widths=None, **ctx.kwargs).eval(), ctx.dummy)[1]
+    full_params = count_model(build_model(name, widths=full_widths(p), **ctx.kwargs).eval(), ctx.dummy)[1]
     ratio = count_model(model.eval(), ctx.dummy)[1] / full_params
     if budget is not None and ratio > float(budget):  # the search's parameter budget: not trained
         logger.info("width sample %s: %.2f%% of the full parameters > budget %.2f%%, not trained",
@@ -288,7 +288,8 @@ def run_arm(p: Dict[str, Any], output_dir: Path, report: Callable[[dict], None] 
     test = None if over_budget else evaluate(outcome.model, loaders[2])
     model = outcome.model.cpu().eval()
     flops, n_params = count_model(model, ctx.dummy)
-    ref_flops, ref_params = count_model(build_model(p["model"], widths=None, **ctx.kwargs).eval(), ctx.dummy)
+    ref_flops, ref_params = count_model(build_model(p["model"], widths=full_widths(p), **ctx.kwargs).eval(),
+                                        ctx.dummy)
     widths = current_widths(model) if hasattr(model, "width_layers") else []
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ from .surgery import apply_splits
 from .training import Recipe, evaluate, fit
 
 __all__ = ["TRAIN_DEFAULTS", "ARCH_DEFAULTS", "check_train_settings", "resolve_params", "recipe_of", "model_kwargs",
-           "build_network", "device_of", "load_overrides", "train_network", "split_loader", "run_trial", "main"]
+           "full_widths", "build_network", "device_of", "load_overrides", "train_network", "split_loader", "run_trial", "main"]
 
 _logger = logging.getLogger("nni_splitting.trial")
 
@@ -74,6 +74,8 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "split_data": "train",     # "train" (the loss being descended, as in the paper) or "val"
     "num_threads": None,       # torch.set_num_threads
     "device": "auto",          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+    "full_width_multiplier": 1.0,  # the "full" model = this times the model's default widths (the reference of
+                                   # params_ratio / flops_ratio, the full arm the pruners start from, uniform's base)
     "retrain_epochs": "matched",  # comparison arms trained from scratch (scratch, uniform, pruned_scratch):
                                   # "matched" = the lineage's total epochs, "round" = one round's `epochs`
 }
@@ -141,6 +143,9 @@ def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
         Recipe.from_dict({**merged, "epochs": merged["epochs"]})
     except (TypeError, ValueError) as error:
         raise ValueError(f"trial training recipe: {error}") from None
+    multiplier = merged["full_width_multiplier"]
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not 0 < multiplier <= 1:
+        raise ValueError(f"trial.full_width_multiplier must be in (0, 1], got {multiplier!r}")
     if merged["retrain_epochs"] not in ("matched", "round"):
         raise ValueError(f"trial.retrain_epochs must be 'matched' or 'round', got {merged['retrain_epochs']!r}")
     if merged["split_data"] not in ("train", "val"):
@@ -159,6 +164,11 @@ def resolve_params(received: Optional[Dict[str, Any]], overrides: Optional[Dict[
 def recipe_of(params: Dict[str, Any], epochs: Optional[int] = None) -> Recipe:
     """The training :class:`~nni_splitting.training.Recipe` of resolved parameters (``epochs`` overrides)."""
     return Recipe.from_dict({**params, "epochs": int(epochs if epochs is not None else params["epochs"])})
+
+
+def full_widths(params: Dict[str, Any]) -> list:
+    """Widths of the "full" model: ``full_width_multiplier`` times the model's default widths."""
+    return scale_widths(params["model"], float(params["full_width_multiplier"]))
 
 
 def model_kwargs(name: str, data) -> Dict[str, Any]:
@@ -274,7 +284,7 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
     checkpoint_sha256 = save_checkpoint(checkpoint, model, params["model"], node_id=params["node_id"],
                                         step=params["step"])
     flops, n_params = count_model(model, dummy)
-    reference = build_model(params["model"], widths=None, **model.config)
+    reference = build_model(params["model"], widths=full_widths(params), **model.config)
     ref_flops, ref_params = count_model(reference, dummy)
     eigenvalues = {name: [float(v) for v in s.eigenvalues] for name, s in (splits or {}).items()}
     min_index = min((min(v) for v in eigenvalues.values() if v), default=None)

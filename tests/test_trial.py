@@ -145,3 +145,12 @@ def test_trial_writes_under_shared_storage_path(tmp_path, monkeypatch):
     assert main(["--params", json.dumps(dict(FAST, widths=[2, 3, 4], storage_path=str(share)))]) == 0
     folder = share / "STANDALONE" / "STANDALONE"
     assert reported["indexes"] == str(folder / INDEX_FILE) and (folder / CHECKPOINT_FILE).exists()
+
+
+def test_full_width_multiplier_sets_the_reference_of_the_ratios(tmp_path):
+    """With full_width_multiplier 0.5 the ratios are against the half-width model (the protocol's "full")."""
+    whole = run_trial(resolve_params({}, dict(FAST, widths=[2, 3, 4])), tmp_path / "a")
+    half = run_trial(resolve_params({}, dict(FAST, widths=[2, 3, 4], full_width_multiplier=0.5)), tmp_path / "b")
+    assert half["params"] == whole["params"] and half["params_ratio"] > 2.5 * whole["params_ratio"]
+    with pytest.raises(ValueError, match="full_width_multiplier"):
+        resolve_params({"full_width_multiplier": 2})
