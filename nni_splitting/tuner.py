@@ -409,8 +409,9 @@ class SplittingTuner(Tuner):
                 with self._lock:
                     recovered = [n for n in self.scheduler.nodes.values()
                                  if n.recovered and n.status == NodeStatus.RUNNING]
+                    due = self.scheduler.next_deadline()
                 states = {n.node_id: self.client.trial_state(n.trial_id) for n in recovered}
-                busy = self.client.active_trials() > 0 if self.scheduler.next_deadline() <= time.time() else False
+                busy = due is not None and due <= time.time() and self.client.active_trials() > 0
                 with self._lock:
                     now = time.time()
                     for node in recovered:
