@@ -9,6 +9,7 @@ accumulated over the data as the mean of the per-batch losses, and decomposes th
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import math
@@ -210,6 +211,10 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
     if parameter is None:
         raise ValueError(f"{type(model).__name__} has no parameters: nothing to split")
     dtype, device = parameter.dtype, parameter.device
+    if dtype in (torch.float16, torch.bfloat16):
+        # eigh and the fast solver have no half-precision kernels (and half sums lose S): work on a float32 copy.
+        logger.info("%s is %s: its splitting is computed in float32", type(model).__name__, dtype)
+        model, dtype = copy.deepcopy(model).float(), torch.float32
     data = _materialize(batches, max_batches)
 
     def prepare(inputs: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import numbers
 from typing import Dict, List, Mapping, Sequence
 
 import torch
@@ -31,7 +32,14 @@ def validate_plan(splits: Mapping[str, LayerSplitting], plan: Mapping[str, Seque
         if layer not in splits:
             raise ValueError(f"unknown layer {layer!r} in the split plan; layers with splitting results: {sorted(splits)}")
         size = splits[layer].num_neurons
-        values = [int(i) for i in indices]
+        if isinstance(indices, (str, bytes)) or not isinstance(indices, (list, tuple, range, torch.Tensor)):
+            raise ValueError(f"the plan of layer {layer!r} is {indices!r}: expected a list of neuron indices")
+        values = []
+        for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices):
+            if isinstance(i, bool) or not isinstance(i, (numbers.Integral, torch.Tensor)) or (
+                    isinstance(i, torch.Tensor) and (i.numel() != 1 or i.is_floating_point() or i.dtype == torch.bool)):
+                raise ValueError(f"neuron index {i!r} of layer {layer!r} is not an integer")
+            values.append(int(i))
         bad = [i for i in values if not 0 <= i < size]
         if bad:
             raise ValueError(f"neuron index {bad[0]} out of range for layer {layer!r}, which has {size} neurons")

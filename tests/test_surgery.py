@@ -1,4 +1,6 @@
 """Function-preserving surgery on real architectures: the grown model computes the same function at eps = 0."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -128,3 +130,40 @@ def test_split_real_model_and_train_step():
     loss.backward()
     assert torch.isfinite(loss)
     assert current_widths(grown) != current_widths(model)
+
+
+def _tiny_mlp_splits():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    return model, data, compute_splitting(model, nn.CrossEntropyLoss(), data)
+
+
+@pytest.mark.parametrize("bad", [[0.7], [True], [1, False], [torch.tensor(0.5)]])
+def test_plan_indices_must_be_integers(bad):
+    model, _, splits = _tiny_mlp_splits()
+    with pytest.raises(ValueError, match="not an integer"):
+        apply_splits(model, splits, {"0": bad})
+
+
+def test_plan_of_an_int_instead_of_a_list_is_a_value_error():
+    model, _, splits = _tiny_mlp_splits()
+    with pytest.raises(ValueError, match="expected a list"):
+        apply_splits(model, splits, {"0": 2})
+    grown = apply_splits(model, splits, {"0": [2, torch.tensor(4)]})  # integer tensors are fine
+    assert grown[0].out_features == 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model_is_split_in_float32(dtype):
+    model, data, reference = _tiny_mlp_splits()
+    half = copy.deepcopy(model).to(dtype)
+    rounded = [(x.to(dtype), y) for x, y in data]
+    splits = compute_splitting(half, nn.CrossEntropyLoss(), rounded)
+    assert splits["0"].eigenvalues.dtype == torch.float32
+    assert next(half.parameters()).dtype == dtype  # the user's model is untouched
+    expected = compute_splitting(copy.deepcopy(half).float(), nn.CrossEntropyLoss(),
+                                 [(x.float(), y) for x, y in rounded])["0"].eigenvalues
+    assert torch.allclose(splits["0"].eigenvalues, expected, atol=1e-3)
+    grown = apply_splits(half, splits, {"0": [0]})
+    assert grown[0].weight.dtype == dtype and grown[0].out_features == 7
