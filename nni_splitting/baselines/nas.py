@@ -136,33 +136,3 @@ def run_nas_width_search(model_name: str = "small_cnn", strategy: str = "tpe", m
         if not keep:
             experiment.stop()
     return experiment.id
-
-
-def main(argv=None) -> int:
-    """``nni-splitting nas``: an ``nni.nas`` width search with the comparison's trial settings."""
-    import argparse
-    import json
-    import sys
-
-    parser = argparse.ArgumentParser(prog="nni-splitting nas", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="small_cnn")
-    parser.add_argument("--strategy", default="tpe", choices=sorted(NAS_STRATEGIES))
-    parser.add_argument("--trials", type=int, default=12, help="samples (over-budget ones included)")
-    parser.add_argument("--max-params-ratio", type=float, help="parameter budget, fraction of the full model")
-    parser.add_argument("--settings", default="{}", help="trial settings as JSON, e.g. "
-                        "'{\"dataset\": \"digits\", \"epochs\": 24, \"num_threads\": 1}'")
-    parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--port", type=int, default=8091)
-    parser.add_argument("--out", default="results/nas", help="folder for results.csv, results.md, compare.png")
-    args = parser.parse_args(argv)
-    try:
-        settings = json.loads(args.settings)
-        if not isinstance(settings, dict):
-            raise ValueError("--settings must be a JSON object")
-        experiment_id = run_nas_width_search(args.model, args.strategy, args.trials, args.max_params_ratio,
-                                             settings, concurrency=args.concurrency, port=args.port, out=args.out)
-    except ValueError as error:
-        print(f"nni-splitting nas: {error}", file=sys.stderr)
-        return 2
-    print(f"experiment {experiment_id} (stopped); results in {args.out}")
-    return 0
