@@ -7,8 +7,9 @@ The tuner is a :class:`~nni_splitting.tuner.SplittingTuner` with the comparison 
 
 1. the splitting lineage grows as usual (seed network, then ``max_steps`` growth steps), and a
    ``full`` trial trains the full-width model at the same time;
-2. once the lineage has stopped and the full model is trained, the tuner emits, for every step
-   (= every parameter ratio the lineage reached), the other arms (``arms`` classArg):
+2. as soon as a step has reported (pruners: and the full model is trained), the tuner emits for
+   that step (= its parameter ratio) the other arms (``arms`` classArg; ``baseline_steps``: only
+   these steps, default all); growth trials go first whenever a slot is free:
 
    * pruners (``pruners``: l1, slim, fpgm, taylor, bn_slim) pruning the *full trial's checkpoint*
      to the step's parameter ratio, then fine-tuned (``finetune_epochs``);
@@ -41,7 +42,7 @@ _logger = logging.getLogger("nni.tuner.compare")
 
 #: classArgs of CompareTuner beyond SplittingTuner's.
 COMPARE_ARGS = {"arms": list(DEFAULT_ARMS), "pruners": list(PRUNING_ARMS), "full_epochs": None,
-                "finetune_epochs": None, "prune_training_steps": 50}
+                "finetune_epochs": None, "prune_training_steps": 50, "baseline_steps": None}
 
 
 class CompareTuner(SplittingTuner):
@@ -52,12 +53,17 @@ class CompareTuner(SplittingTuner):
     """
 
     def __init__(self, arms=None, pruners=None, full_epochs=None, finetune_epochs=None, prune_training_steps=50,
-                 **splitting_args):
+                 baseline_steps=None, **splitting_args):
         SplittingClassArgsValidator().validate_class_args(**splitting_args)
         args = SplittingArguments(**splitting_args)
         self.compare = {"full_epochs": full_epochs, "finetune_epochs": finetune_epochs,
                         "prune_training_steps": int(prune_training_steps)}
-        self.comparison = ComparisonPolicy(args._replace(trial=dict(args.trial or {})), arms, pruners, self.compare)
+        if baseline_steps is not None and (not isinstance(baseline_steps, (list, tuple)) or not all(
+                isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= args.max_steps for k in baseline_steps)):
+            raise ValueError(f"baseline_steps must be a list of growth steps 0..max_steps={args.max_steps}, "
+                             f"got {baseline_steps!r}")
+        self.comparison = ComparisonPolicy(args._replace(trial=dict(args.trial or {})), arms, pruners, self.compare,
+                                           baseline_steps=baseline_steps)
         self.arms, self.pruners = self.comparison.arms, self.comparison.pruners
         super().__init__(policy=self.comparison, **splitting_args)
         _logger.info("CompareTuner arms %s, pruners %s, %s", self.arms, self.pruners, self.compare)

@@ -1,8 +1,8 @@
 """The comparison's :class:`~nni_splitting.scheduler.Policy`: the baseline arms beside each splitting lineage.
 
 For each seed (lineage ``i``, training seed ``trial.seed + i``) a ``full`` arm trains the full-width
-model from the start; once the lineage has stopped and the full model is trained (or failed), every
-step the lineage reached (= every parameter ratio) gets the other arms: pruners of the full
+model from the start; as soon as a step of the lineage has reported (and, for the pruners, the full
+model is trained), that step (= its parameter ratio) gets the other arms: pruners of the full
 checkpoint to the step's ratio, ``random_split`` / ``new_neurons`` with the lineage's per-step
 split counts, ``scratch`` with the step's widths, ``uniform`` at the step's parameter count, and,
 when a pruner's trial has reported, ``pruned_scratch`` (its architecture from scratch, arm label
@@ -40,13 +40,15 @@ class ComparisonPolicy(Policy):
         The tuner's arguments (model, epsilon, beam, trial settings).
     arms, pruners
         Arms (:data:`DEFAULT_ARMS`) and pruners (:data:`nni_splitting.arms.PRUNING_ARMS`) to run.
+    baseline_steps
+        The growth steps (0 = the seed) that get baselines; default: every step the lineage reaches.
     extra
         Settings every arm trial gets (``full_epochs``, ``finetune_epochs``, ``prune_training_steps``;
         None values are left out).
     """
 
     def __init__(self, args, arms: Optional[Sequence[str]] = None, pruners: Optional[Sequence[str]] = None,
-                 extra: Optional[dict] = None):
+                 extra: Optional[dict] = None, baseline_steps: Optional[Sequence[int]] = None):
         self.args = args
         self.arms = list(arms if arms is not None else DEFAULT_ARMS)
         self.pruners = list(pruners if pruners is not None else PRUNING_ARMS)
@@ -54,7 +56,8 @@ class ComparisonPolicy(Policy):
         if bad:
             raise ValueError(f"unknown arms/pruners {bad}; arms: {list(DEFAULT_ARMS)}, pruners: {list(PRUNING_ARMS)}")
         self.extra = {k: v for k, v in (extra or {}).items() if v is not None}
-        self.emitted: set = set()   # lineages whose arms were queued
+        self.baseline_steps = None if baseline_steps is None else {int(k) for k in baseline_steps}
+        self.queued: set = set()    # (lineage, step, arm) already queued
 
     # ------------------------------------------------------------------ Policy hooks
 
@@ -67,13 +70,16 @@ class ComparisonPolicy(Policy):
         return {"arm": "splitting", "ancestor_epochs": result.get("epochs", 0),
                 "ancestor_wall_time": result.get("wall_time", 0.0)}
 
+    def step_succeeded(self, scheduler: Scheduler, node: Node) -> None:
+        self._emit(scheduler, node.lineage)
+
     def lineage_stopped(self, scheduler: Scheduler, lineage: int) -> None:
-        self._maybe_emit(scheduler, lineage)
+        self._emit(scheduler, lineage)
 
     def arm_ended(self, scheduler: Scheduler, node: Node) -> None:
         arm = node.params.get("arm")
         if arm == "full":
-            self._maybe_emit(scheduler, node.lineage)
+            self._emit(scheduler, node.lineage)
         elif node.status == NodeStatus.SUCCEEDED and arm in PRUNING_ARMS and "pruned_scratch" in self.arms:
             self._add_pruned_scratch(scheduler, node)
 
@@ -91,44 +97,53 @@ class ComparisonPolicy(Policy):
         return [n for n in scheduler.nodes.values() if n.kind == NodeKind.ARM and n.lineage == lineage
                 and n.params.get("arm") == "full"]
 
-    def _maybe_emit(self, scheduler: Scheduler, lineage: int) -> None:
-        """Queue the baselines of a lineage once it has stopped and its full model is trained (or failed)."""
-        if lineage in self.emitted or lineage not in scheduler.stopped:
-            return
+    def _once(self, lineage: int, step: int, arm: str) -> bool:
+        """True the first time ``arm`` is asked for at (``lineage``, ``step``)."""
+        key = (lineage, step, arm)
+        if key in self.queued:
+            return False
+        self.queued.add(key)
+        return True
+
+    def _emit(self, scheduler: Scheduler, lineage: int) -> None:
+        """Queue the baselines of every step of ``lineage`` that has reported, each arm once.
+
+        Arms that need only the step (``scratch``, ``uniform``, ``random_split``, ``new_neurons``) are
+        queued as soon as the step reported; pruners once the full model is trained as well.  Steps
+        outside ``baseline_steps`` (when given) get none.
+        """
         fulls = self._fulls(scheduler, lineage)
         full = next((n for n in fulls if n.status == NodeStatus.SUCCEEDED), None)
-        if full is None and not (fulls and all(n.status == NodeStatus.FAILED for n in fulls)):
-            return
-        self.emitted.add(lineage)
-        chain = scheduler.chain(lineage)
-        if not chain:
-            return
-        seed_widths = _widths(chain[0].result.get("widths"))
         counts: List[Dict[str, int]] = []
-        for node in chain:
+        seed_widths: List[int] = []
+        for node in scheduler.chain(lineage):
             result = node.result or {}
-            epochs = int(result.get("epochs") or 0) or None
-            if node.step > 0:
+            if node.step == 0:
+                seed_widths = _widths(result.get("widths"))
+            else:
                 counts.append({layer: len(idx) for layer, idx in (node.params.get("split_plan") or {}).items()})
+            if self.baseline_steps is not None and node.step not in self.baseline_steps:
+                continue
+            epochs = int(result.get("epochs") or 0) or None
             if "pruning" in self.arms and full is not None:
                 for pruner in self.pruners:
-                    self._add(scheduler, lineage, pruner, node.step, {
-                        "full_checkpoint": full.result.get("checkpoint", ""),
-                        "target_ratio": float(result["params"]) / float(full.result["params"]),
-                        "prior_epochs": full.result.get("epochs", 0),
-                        "prior_wall_time": full.result.get("wall_time", 0.0), "matched_epochs": epochs})
+                    if self._once(lineage, node.step, pruner):
+                        self._add(scheduler, lineage, pruner, node.step, {
+                            "full_checkpoint": full.result.get("checkpoint", ""),
+                            "target_ratio": float(result["params"]) / float(full.result["params"]),
+                            "prior_epochs": full.result.get("epochs", 0),
+                            "prior_wall_time": full.result.get("wall_time", 0.0), "matched_epochs": epochs})
             if node.step > 0:
                 for arm in GROWTH_ARMS:
-                    if arm in self.arms:
+                    if arm in self.arms and self._once(lineage, node.step, arm):
                         self._add(scheduler, lineage, arm, node.step, {"widths_seed": seed_widths,
                                                                        "split_counts": copy.deepcopy(counts)})
-                if "scratch" in self.arms:
+                if "scratch" in self.arms and self._once(lineage, node.step, "scratch"):
                     self._add(scheduler, lineage, "scratch", node.step, {"widths": _widths(result.get("widths")),
                                                                          "total_epochs": epochs})
-            if "uniform" in self.arms:
+            if "uniform" in self.arms and self._once(lineage, node.step, "uniform"):
                 self._add(scheduler, lineage, "uniform", node.step, {"target_params": int(result["params"]),
                                                                      "total_epochs": epochs})
-        logger.info("lineage %d: queued the baselines of %d step(s)", lineage, len(chain))
 
     def _add_pruned_scratch(self, scheduler: Scheduler, pruned: Node) -> None:
         """Queue the pruner's architecture, trained from scratch for the lineage's epochs at that ratio."""

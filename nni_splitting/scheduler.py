@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from . import lineage as lin
 from .lineage import Node, NodeKind, NodeStatus
-from .selection import select_neurons
+from .selection import select_lowest_fraction, select_neurons
 
 __all__ = ["Scheduler", "Policy", "RESULT_GRACE_S", "RESUME_TIMEOUT_S", "ENDED_STATES", "RERUN_STATES"]
 
@@ -55,8 +55,9 @@ class Policy:
     """What the scheduler does besides growing lineages; the default does nothing more.
 
     Called by the scheduler (with its state up to date): :meth:`start` once before the seeds are
-    handed out, :meth:`growth_params` for every growth node's parameters, :meth:`lineage_stopped`
-    when a lineage stops, :meth:`arm_ended` when an arm node succeeded or failed.
+    handed out, :meth:`growth_params` for every growth node's parameters, :meth:`step_succeeded`
+    when a growth node reported (after its child was queued), :meth:`lineage_stopped` when a lineage
+    stops, :meth:`arm_ended` when an arm node succeeded or failed.
     """
 
     def start(self, scheduler: "Scheduler") -> None:
@@ -65,6 +66,9 @@ class Policy:
     def growth_params(self, node: Node, parent: Optional[Node]) -> dict:
         """Extra trial parameters of a growth node."""
         return {}
+
+    def step_succeeded(self, scheduler: "Scheduler", node: Node) -> None:
+        """A growth node (one step of a lineage) reported its result."""
 
     def lineage_stopped(self, scheduler: "Scheduler", lineage: int) -> None:
         """A lineage stopped (``scheduler.stopped[lineage]`` says why)."""
@@ -131,13 +135,18 @@ class Scheduler:
         return self.add(node)
 
     def pop_ready(self) -> Optional[Node]:
-        """The next ready node, now RUNNING; None when nothing is ready."""
-        while self._ready:
-            node = self.nodes.get(self._ready.popleft())
-            if node is not None and node.status == NodeStatus.READY:
-                node.status = NodeStatus.RUNNING
-                return node
-        return None
+        """The next ready node, now RUNNING; None when nothing is ready.
+
+        Growth nodes go first, in queue order, then arm nodes: a lineage's steps run one after the
+        other (the experiment's critical path), arms can fill any free slot.
+        """
+        waiting = [self.nodes.get(n) for n in self._ready]
+        waiting = [n for n in waiting if n is not None and n.status == NodeStatus.READY]
+        node = next((n for n in waiting if n.kind == NodeKind.GROWTH), waiting[0] if waiting else None)
+        self._ready = deque(n.node_id for n in waiting if n is not node)
+        if node is not None:
+            node.status = NodeStatus.RUNNING
+        return node
 
     def has_ready(self) -> bool:
         """Whether a node waits to be handed out."""
@@ -184,6 +193,7 @@ class Scheduler:
                 if self.stopped.pop(node.lineage, None):
                     logger.info("lineage %d continues from %s", node.lineage, node.node_id)
                 self._advance(node)
+            self.policy.step_succeeded(self, node)
         self._check_finished()
 
     def failed(self, node: Node, why: str) -> None:
@@ -345,6 +355,9 @@ class Scheduler:
         # m* of Algorithm 1: split the m most negative lambda_min below lambda* (threshold)
         m = lin.split_count(info["widths"], self.args.grow_ratio, self.args.max_splits)
         eigenvalues = {k: v for k, v in info["eigenvalues"].items() if k in set(info["width_layers"])}
+        if getattr(self.args, "selection", "negative") == "lowest_fraction":
+            return lin.clean_plan(select_lowest_fraction(eigenvalues, max_splits=m,
+                                                         max_per_layer=self.args.max_per_layer))
         plan = select_neurons(eigenvalues, max_splits=m, threshold=self.args.threshold,
                               max_per_layer=self.args.max_per_layer, costs=self._costs(info))
         return lin.clean_plan(plan)

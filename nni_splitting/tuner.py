@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 # A child of NNI's "nni" logger, so the messages land in the experiment's dispatcher.log.
 _logger = logging.getLogger("nni.tuner.splitting")
 
+#: Values of the ``selection`` classArg.
+TUNER_SELECTIONS = ("negative", "lowest_fraction")
 #: Values of the ``cost`` classArg.
 COSTS = ("none", "params", "flops")
 #: ``grow_ratio`` used when neither ``grow_ratio`` nor ``max_splits`` is given.
@@ -89,6 +91,11 @@ class SplittingArguments(NamedTuple):
         Splitting step size: offspring weights are ``theta +- epsilon * v_min``.
     method
         ``compute_splitting`` method used by the trials (``"exact"``, ``"fast"``, ``"auto"``).
+    selection
+        ``"negative"`` (default): the most negative indexes below ``threshold`` (Algorithm 1; a lineage
+        with none stops, splitting-stable); ``"lowest_fraction"``: the lowest ones whatever their sign
+        (the official code's rule; ``threshold`` is not used).  Both split ``grow_ratio`` /
+        ``max_splits`` neurons per step.
     cost
         ``"none"``: rank by index; ``"params"`` / ``"flops"``: rank by index per added parameter /
         FLOP (the trial's ``neuron_costs``).
@@ -118,6 +125,7 @@ class SplittingArguments(NamedTuple):
     threshold: float = 0.0
     epsilon: float = EPSILON
     method: str = METHOD
+    selection: str = "negative"
     cost: str = "none"
     budget: Any = None
     beam: int = 1
@@ -170,6 +178,10 @@ class SplittingClassArgsValidator(ClassArgsValidator):
             raise ValueError(f"epsilon must be a finite number >= 0, got {args.epsilon!r}")
         if args.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {args.method!r}")
+        if args.selection not in TUNER_SELECTIONS:
+            raise ValueError(f"selection must be one of {list(TUNER_SELECTIONS)}, got {args.selection!r}")
+        if args.selection == "lowest_fraction" and args.cost != "none":
+            raise ValueError(f"selection='lowest_fraction' ranks by index only; got cost={args.cost!r}")
         if args.cost not in COSTS:
             raise ValueError(f"cost must be one of {list(COSTS)}, got {args.cost!r}")
         lin.parse_budget(args.budget)
@@ -216,13 +228,13 @@ class SplittingTuner(Tuner):
     def __init__(self, model: str = "small_cnn", seed_widths=0.25, max_steps: int = 4,
                  grow_ratio: Optional[float] = None, max_splits: Optional[int] = None,
                  max_per_layer: Optional[int] = None, threshold: float = 0.0, epsilon: float = EPSILON,
-                 method: str = METHOD, cost: str = "none", budget=None, beam: int = 1, retries: int = 1,
+                 method: str = METHOD, selection: str = "negative", cost: str = "none", budget=None, beam: int = 1, retries: int = 1,
                  trial: Optional[dict] = None, storage_path: Optional[str] = None,
                  local_storage_path: Optional[str] = None, resume_timeout: float = RESUME_TIMEOUT_S,
                  policy: Optional[Policy] = None, **unknown):
         kwargs = dict(model=model, seed_widths=seed_widths, max_steps=max_steps, grow_ratio=grow_ratio,
                       max_splits=max_splits, max_per_layer=max_per_layer, threshold=threshold, epsilon=epsilon,
-                      method=method, cost=cost, budget=budget, beam=beam, retries=retries, trial=trial,
+                      method=method, selection=selection, cost=cost, budget=budget, beam=beam, retries=retries, trial=trial,
                       storage_path=storage_path, local_storage_path=local_storage_path,
                       resume_timeout=resume_timeout)
         SplittingClassArgsValidator().validate_class_args(**kwargs, **unknown)

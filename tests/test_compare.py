@@ -197,3 +197,33 @@ def test_width_search_configs(name, tuner):
     assert overrides["max_params_ratio"] == 0.05 and overrides["arm_label"].startswith("hpo_")
     params = _resolve({"mult_0": 0.25, "mult_1": 0.5, "mult_2": 1.0}, {"arm": "width", "epochs": 1})
     assert widths_from_params("small_cnn", params) == [8, 32, 128]
+
+
+def test_step_baselines_are_queued_when_the_step_reports_and_only_for_baseline_steps(tmp_path):
+    import json
+    tuner = CompareTuner(max_steps=2, beam=1, pruners=["l1"], arms=["pruning", "scratch", "uniform"],
+                         baseline_steps=[1], seed_widths=[2, 4], trial={"epochs": 1})
+    tuner.end_hook = None
+    sent = tuner.generate_multiple_parameters([0, 1])
+    seed = next(p for p in sent if p["arm"] == "splitting")
+    full = next(p for p in sent if p["arm"] == "full")
+    info = {"widths": [2, 4], "width_layers": ["a", "b"], "eigenvalues": {"a": [-1, -0.5], "b": [-0.1] * 4}}
+    (tmp_path / "s.json").write_text(json.dumps(info))
+    tuner.receive_trial_result(0, seed, {"default": 0.5, "node": seed["node_id"], "params": 10, "epochs": 1,
+                                         "widths": "2,4", "indexes": str(tmp_path / "s.json")})
+    step1 = tuner.generate_multiple_parameters([2, 3, 4])
+    assert [p["arm"] for p in step1] == ["splitting"]  # step 0 is not a baseline step
+    info1 = dict(info, widths=[3, 4], eigenvalues={"a": [-1, -0.5, -0.2], "b": [-0.1] * 4})
+    (tmp_path / "c.json").write_text(json.dumps(info1))
+    tuner.receive_trial_result(2, step1[0], {"default": 0.6, "node": step1[0]["node_id"], "params": 20,
+                                             "epochs": 2, "widths": "3,4", "indexes": str(tmp_path / "c.json")})
+    # the lineage goes on, and step 1's scratch + uniform are out before the full model has reported
+    got = tuner.generate_multiple_parameters([5, 6, 7, 8])
+    assert [p["arm"] for p in got][0] == "splitting" and got[0]["step"] == 2
+    assert sorted((p["arm"], p["step"]) for p in got[1:]) == [("scratch", 1), ("uniform", 1)]
+    tuner.receive_trial_result(1, full, {"default": 0.9, "node": full["node_id"], "params": 100, "epochs": 3,
+                                         "checkpoint": "/x/full.pt"})
+    l1 = tuner.generate_multiple_parameters([9, 10])
+    assert [(p["arm"], p["step"]) for p in l1] == [("l1", 1)] and abs(l1[0]["target_ratio"] - 0.2) < 1e-9
+    with pytest.raises(ValueError, match="baseline_steps"):
+        CompareTuner(max_steps=2, baseline_steps=[3])

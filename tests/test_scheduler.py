@@ -173,3 +173,51 @@ def test_policy_arm_nodes_do_not_count_as_lineage_steps(tmp_path):
     sched.failed(arm, "killed")
     assert policy.ended == [("full-0", NodeStatus.FAILED)] and sched.finished
     assert sched.pop_ready() is None  # arms are not retried by the growth policy
+
+
+def test_growth_nodes_are_handed_out_before_queued_arms(tmp_path):
+    class ArmsPerStep(Policy):
+        def step_succeeded(self, scheduler, node):
+            for k in range(2):
+                scheduler.add_arm(0, f"arm-s{node.step}-{k}", node.step, {"arm": "uniform"})
+
+    sched = make(tmp_path, policy=ArmsPerStep(), max_steps=2)
+    sched.start()
+    order, running = [], []  # order: as handed out
+    while True:  # two slots; the oldest running trial finishes first
+        while len(running) < 2 and (nxt := sched.pop_ready()) is not None:
+            running.append(nxt)
+            order.append(nxt.node_id if nxt.kind is NodeKind.ARM else f"growth-s{nxt.step}")
+        if not running:
+            break
+        node = running.pop(0)
+        sched.succeeded(node, finish(tmp_path, node) if node.kind is NodeKind.GROWTH else {"default": 0.5})
+    # each step's child goes out before the arms its parent queued, which fill the slot afterwards
+    assert [o for o in order if o.startswith("growth")] == ["growth-s0", "growth-s1", "growth-s2"]
+    # growth-s2 is queued after arm-s0-1 but handed out first (first-in-first-out would not)
+    assert order.index("growth-s2") < order.index("arm-s0-1")
+    assert sorted(o for o in order if o.startswith("arm")) == sorted(f"arm-s{s}-{k}" for s in range(3) for k in range(2))
+    assert sched.finished
+
+
+def test_lowest_fraction_selection_splits_whatever_the_sign(tmp_path):
+    # every index of layer b is >= 0 after a[1]; "negative" would pick a[1] then stop on a[0]/b[0]
+    sched = make(tmp_path, selection="lowest_fraction", max_splits=2, max_steps=1)
+    sched.start()
+    seed = sched.pop_ready()
+    sched.succeeded(seed, finish(tmp_path, seed))
+    child = sched.pop_ready()
+    assert child.params["split_plan"] == {"a": [1], "b": [0]}  # -0.5 and -0.3: the two lowest
+    sched2 = make(tmp_path, selection="lowest_fraction", max_splits=4, max_steps=1)
+    sched2.start()
+    seed2 = sched2.pop_ready()
+    sched2.succeeded(seed2, finish(tmp_path, seed2))
+    assert sched2.pop_ready().params["split_plan"] == {"a": [0, 1], "b": [0, 1]}  # 0.0 (b[1]) too
+
+
+def test_unknown_selection_is_refused():
+    from nni_splitting.tuner import SplittingClassArgsValidator
+    with pytest.raises(ValueError, match="selection must be one of"):
+        SplittingClassArgsValidator().validate_class_args(selection="smallest")
+    with pytest.raises(ValueError, match="ranks by index only"):
+        SplittingClassArgsValidator().validate_class_args(selection="lowest_fraction", cost="flops")
