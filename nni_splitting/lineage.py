@@ -7,7 +7,7 @@ the trial parameters), never by NNI's parameter id, which restarts when an exper
 
 The functions here decide *what* a child looks like (how many neurons, which ones survive a
 budget, what its widths are); :mod:`nni_splitting.scheduler` decides *when*.  Plan ranking and budget
-trimming are :mod:`nni_splitting.selection`'s (re-exported here).
+trimming and ``split_count`` are :mod:`nni_splitting.selection`'s (re-exported here).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from .selection import halve_plan, rank_plan, trim_plan
+from .selection import halve_plan, rank_plan, split_count, trim_plan
 
 __all__ = [
     "Node",
@@ -170,17 +170,6 @@ def parse_budget(budget) -> Dict[str, float]:
             raise ValueError(f"budget[{key!r}] must be a positive number, got {value!r}")
         result[key] = float(value)
     return result
-
-
-def split_count(widths: Sequence[int], grow_ratio: Optional[float], max_splits: Optional[int]) -> int:
-    """Number of neurons to split in one step (``m*`` of Algorithm 1).
-
-    ``max_splits`` when given; otherwise ``grow_ratio`` of the current number of neurons, at least 1.
-    """
-    if max_splits is not None:
-        return int(max_splits)
-    total = sum(int(w) for w in widths)
-    return max(1, int(round(float(grow_ratio) * total)))
 
 
 def plan_size(plan: Mapping[str, Sequence[int]]) -> int:

@@ -23,6 +23,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 from ..arms import resolve_arm_params, run_arm
 from ..data import load_dataset
 from ..models import current_widths
+from ..nni.rest import rest_url
+from ..report import rows_from_rest, write_outputs
 from ..storage import trial_output_dir
 from ..trial import model_kwargs
 from .growth import WIDTH_CHOICES, width_model_space
@@ -39,7 +41,7 @@ def make_strategy(name: str, population_size: int = 8, sample_size: int = 4):
     """An ``nni.nas.strategy`` instance for ``name`` in :data:`NAS_STRATEGIES`."""
     if name not in NAS_STRATEGIES:
         raise ValueError(f"strategy must be one of {sorted(NAS_STRATEGIES)}, got {name!r}")
-    import nni.nas.strategy as strategies
+    import nni.nas.strategy as strategies  # deferred: nni.nas is heavy and optional
 
     if name == "evolution":
         return strategies.RegularizedEvolution(population_size=population_size, sample_size=sample_size,
@@ -103,9 +105,8 @@ def run_nas_width_search(model_name: str = "small_cnn", strategy: str = "tpe", m
     if max_params_ratio is not None and not 0 < max_params_ratio <= 1:
         raise ValueError(f"max_params_ratio must be a fraction in (0, 1], got {max_params_ratio!r}")
     search = make_strategy(strategy)
-    from nni.nas.evaluator import FunctionalEvaluator
+    from nni.nas.evaluator import FunctionalEvaluator  # deferred: nni.nas (heavy, optional) only for a search
     from nni.nas.experiment import NasExperiment
-
 
     trial_settings = {**dict(settings or {}), "model": model_name, "arm": "width",
                       "arm_label": f"nas_{strategy}", "max_params_ratio": max_params_ratio}
@@ -128,9 +129,7 @@ def run_nas_width_search(model_name: str = "small_cnn", strategy: str = "tpe", m
         _logger.info("NAS width search %s (%s): %s after %.0f s", experiment.id, strategy, status,
                      time.time() - started)
         if out:
-            from .. import experiment as nnictl_experiment
-            from ..report import rows_from_rest, write_outputs
-            rows = rows_from_rest(nnictl_experiment.rest_url(port), experiment.id)
+            rows = rows_from_rest(rest_url(port), experiment.id)
             write_outputs(rows, out, f"nni.nas {strategy} width search ({experiment.id})")
     finally:
         if not keep:
