@@ -3,7 +3,8 @@
 A neuron computes ``a = sigma(u)`` with ``u = c * theta^T x + shift`` (``c`` is the folded
 BatchNorm scale). Its splitting matrix (Liu et al. 2019, eq. 3) needs ``sigma''(u)``; a neuron that
 feeds a depthwise convolution also needs ``sigma'(u)``. This module keeps each activation's
-``sigma'`` and ``sigma''`` next to each other.
+``sigma'`` and ``sigma''`` next to each other, in one registry (:func:`register_activation`): each
+:class:`Activation` entry names the module classes and the traced function names that compute it.
 
 For the ReLU family ``sigma''`` is zero almost everywhere, which would make every splitting index
 zero. Following the official implementation we use a smooth surrogate there: the second derivative
@@ -15,13 +16,16 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ActivationSpec", "activation_from_module", "activation_from_function", "DEFAULT_SURROGATE_BETA"]
+__all__ = [
+    "Activation", "ActivationSpec", "activation_from_module", "activation_from_function", "register_activation",
+    "DEFAULT_SURROGATE_BETA",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -154,26 +158,83 @@ def _autograd_spec(name: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Act
     return ActivationSpec(name, first, second)
 
 
+@dataclass(frozen=True)
+class Activation:
+    """One registry entry: an activation kind, how to recognize it and how to build its :class:`ActivationSpec`.
+
+    Attributes
+    ----------
+    name : str
+        Registry key (``"relu"``, ``"tanh"``, ...).
+    build : callable
+        ``build(surrogate_beta, **params) -> ActivationSpec``.
+    modules : tuple of type
+        Module classes computing it (subclasses match too).
+    functions : tuple of str
+        Names of the functions / tensor methods computing it as traced by torch.fx (``F.relu``,
+        ``torch.relu``, ``x.relu()``, in-place ``relu_`` all read ``"relu"``).
+    module_params : callable
+        ``module -> dict`` of ``build``'s keyword parameters (e.g. LeakyReLU's slope).
+    call_params : callable
+        ``(args, kwargs) -> dict`` of ``build``'s keyword parameters from a traced call.
+    """
+
+    name: str
+    build: Callable[..., ActivationSpec]
+    modules: Tuple[type, ...] = ()
+    functions: Tuple[str, ...] = ()
+    module_params: Callable[[nn.Module], dict] = lambda module: {}
+    call_params: Callable[[tuple, dict], dict] = lambda args, kwargs: {}
+
+
+_BY_MODULE: Dict[type, Activation] = {}
+_BY_FUNCTION: Dict[str, Activation] = {}
+
+
+def register_activation(activation: Activation) -> Activation:
+    """Add (or replace) an activation kind: its module classes and function names then resolve to it."""
+    if not isinstance(activation, Activation):
+        raise ValueError(f"register_activation takes an Activation, got {activation!r}")
+    for cls in activation.modules:
+        _BY_MODULE[cls] = activation
+    for name in activation.functions:
+        _BY_FUNCTION[name] = activation
+    return activation
+
+
+def _argument(index: int, key: str, default):
+    """``call_params`` reading one parameter, positional at ``index`` or keyword ``key``."""
+    return lambda args, kwargs: {key: kwargs.get(key, args[index] if len(args) > index else default)}
+
+
+for _entry in (
+    Activation("relu", lambda beta: _relu_family("relu", 0.0, None, beta), (nn.ReLU,), ("relu",)),
+    Activation("relu6", lambda beta: _relu_family("relu6", 0.0, 6.0, beta), (nn.ReLU6,), ("relu6",)),
+    Activation("leaky_relu", lambda beta, negative_slope=0.01: _relu_family("leaky_relu", float(negative_slope), None, beta),
+               (nn.LeakyReLU,), ("leaky_relu",), lambda m: {"negative_slope": m.negative_slope},
+               _argument(1, "negative_slope", 0.01)),
+    Activation("tanh", lambda beta: _tanh(), (nn.Tanh,), ("tanh",)),
+    Activation("sigmoid", lambda beta: _sigmoid(), (nn.Sigmoid,), ("sigmoid",)),
+    Activation("softplus", lambda beta, softplus_beta=1.0, threshold=20.0: _softplus(float(softplus_beta), float(threshold)),
+               (nn.Softplus,), ("softplus",), lambda m: {"softplus_beta": m.beta, "threshold": m.threshold},
+               lambda args, kwargs: {"softplus_beta": kwargs.get("beta", args[1] if len(args) > 1 else 1.0)}),
+    Activation("silu", lambda beta: _silu(), (nn.SiLU,), ("silu",)),
+    Activation("gelu", lambda beta, approximate="none": _gelu(approximate), (nn.GELU,), ("gelu",),
+               lambda m: {"approximate": m.approximate}, lambda args, kwargs: {"approximate": kwargs.get("approximate", "none")}),
+    # Smooth activations without closed forms here: derivatives by double autograd through the module itself.
+    Activation("autograd", lambda beta, fn, name: _autograd_spec(name, fn),
+               (nn.ELU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.CELU, nn.SELU),
+               module_params=lambda m: {"fn": m, "name": type(m).__name__.lower()}),
+):
+    register_activation(_entry)
+
+
 def activation_from_module(module: nn.Module, surrogate_beta: float = DEFAULT_SURROGATE_BETA) -> Optional[ActivationSpec]:
     """The :class:`ActivationSpec` of an activation module, or ``None`` if ``module`` is not one."""
-    if isinstance(module, nn.ReLU):
-        return _relu_family("relu", 0.0, None, surrogate_beta)
-    if isinstance(module, nn.ReLU6):
-        return _relu_family("relu6", 0.0, 6.0, surrogate_beta)
-    if isinstance(module, nn.LeakyReLU):
-        return _relu_family("leaky_relu", float(module.negative_slope), None, surrogate_beta)
-    if isinstance(module, nn.Tanh):
-        return _tanh()
-    if isinstance(module, nn.Sigmoid):
-        return _sigmoid()
-    if isinstance(module, nn.Softplus):
-        return _softplus(float(module.beta), float(module.threshold))
-    if isinstance(module, nn.SiLU):
-        return _silu()
-    if isinstance(module, nn.GELU):
-        return _gelu(module.approximate)
-    if isinstance(module, (nn.ELU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.CELU, nn.SELU)):
-        return _autograd_spec(type(module).__name__.lower(), module)
+    for cls in type(module).__mro__:  # the most specific registered class wins
+        entry = _BY_MODULE.get(cls)
+        if entry is not None:
+            return entry.build(surrogate_beta, **entry.module_params(module))
     return None
 
 
@@ -181,22 +242,7 @@ def activation_from_function(target, args: tuple, kwargs: dict,
                              surrogate_beta: float = DEFAULT_SURROGATE_BETA) -> Optional[ActivationSpec]:
     """The :class:`ActivationSpec` of a functional call traced by torch.fx (``F.relu``, ``x.tanh()``...)."""
     name = target if isinstance(target, str) else getattr(target, "__name__", "")
-    name = name.rstrip("_")
-    if name == "relu":
-        return _relu_family("relu", 0.0, None, surrogate_beta)
-    if name == "relu6":
-        return _relu_family("relu6", 0.0, 6.0, surrogate_beta)
-    if name == "leaky_relu":
-        slope = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
-        return _relu_family("leaky_relu", float(slope), None, surrogate_beta)
-    if name == "tanh":
-        return _tanh()
-    if name == "sigmoid":
-        return _sigmoid()
-    if name == "softplus":
-        return _softplus(float(kwargs.get("beta", args[1] if len(args) > 1 else 1.0)), 20.0)
-    if name == "silu":
-        return _silu()
-    if name == "gelu":
-        return _gelu(kwargs.get("approximate", "none"))
-    return None
+    entry = _BY_FUNCTION.get(name.rstrip("_"))
+    if entry is None:
+        return None
+    return entry.build(surrogate_beta, **entry.call_params(tuple(args), dict(kwargs)))
