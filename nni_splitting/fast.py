@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .matrix import batchnorm_scale
+from .matrix import batchnorm_scale, neuron_slopes, neuron_weights
 
 __all__ = [
     "AUTO_EXACT_MAX_D",
@@ -243,20 +243,18 @@ class FastLayerData:
         n, channels = u.shape[:2]
         share = batch_size / self.total  # the batch's weight in the mean over all samples
         scale = batchnorm_scale(self.modules.get(group.pre_bn) if group.pre_bn else None, channels, u)
-        scale = scale.view(1, channels, *([1] * (u.dim() - 2)))
         gradient = gradients[group.activation_node]
         # w_{n,j,p} = dL/da_{j,p} * sigma''(u_{j,p}) * c_j^2                         (eq. 3, term 1)
-        weights = torch.zeros_like(u) if gradient is None else gradient.detach() * self.spec.second(u) * scale ** 2 * share
+        weights = torch.zeros_like(u) if gradient is None else neuron_weights(gradient, u, self.spec.second, scale) * share
         self._store("inputs", x, n)
         self._store("weights", weights, n)
         if group.depthwise_activation_node and gradients.get(group.depthwise_activation_node) is not None:
             u2 = values[group.depthwise_preactivation_node]
             scale2 = batchnorm_scale(self.modules.get(group.depthwise_bn) if group.depthwise_bn else None, channels, u2)
-            scale2 = scale2.view(1, channels, 1, 1)
-            g2 = gradients[group.depthwise_activation_node].detach()
+            g2 = gradients[group.depthwise_activation_node]
             # w'_{n,j,q} = dL/db_{j,q} * sigma_2''(u'_{j,q}) * c'_j^2; slopes c_j sigma'(u) build J^T v (term 2)
-            self._store("weights2", g2 * self.spec2.second(u2) * scale2 ** 2 * share, n)
-            self._store("slopes", self.spec.first(u) * scale, n)
+            self._store("weights2", neuron_weights(g2, u2, self.spec2.second, scale2) * share, n)
+            self._store("slopes", neuron_slopes(u, self.spec.first, scale), n)
         self.filled += n
 
     def operator(self) -> SplittingOperator:

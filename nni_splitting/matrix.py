@@ -22,7 +22,7 @@ The splitting index is ``lambda_min(S_j)`` and the splitting gradient its unit e
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "batchnorm_scale",
+    "neuron_weights",
+    "neuron_slopes",
     "neuron_inputs",
     "weighted_gram",
     "depthwise_jacobian",
@@ -48,6 +50,39 @@ def batchnorm_scale(bn: Optional[nn.Module], channels: int, like: torch.Tensor) 
         return torch.ones(channels, dtype=like.dtype, device=like.device)
     gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
     return (gamma / torch.sqrt(bn.running_var + bn.eps)).to(like.dtype)
+
+
+def _per_channel(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``scale [O]`` shaped to broadcast along dimension 1 of ``like [N, O, ...]``."""
+    return scale.to(like.dtype).view(1, -1, *([1] * (like.dim() - 2)))
+
+
+def neuron_weights(upstream: torch.Tensor, preactivation: torch.Tensor, second: Callable[[torch.Tensor], torch.Tensor],
+                   scale: torch.Tensor) -> torch.Tensor:
+    """Per-position weights of eq. 3, ``w_{n,j,p} = dL/da_{j,p} * sigma''(u_{j,p}) * c_j^2`` (shape of ``u``).
+
+    Used by both methods: the exact one sums ``w x~ x~^T`` (:func:`weighted_gram`), the fast one
+    applies it matrix-free. The depthwise term's ``w'`` is the same function of the depthwise
+    output's gradient, pre-activation, ``sigma_2''`` and BatchNorm scale ``c'``.
+
+    Parameters
+    ----------
+    upstream : Tensor ``[N, O, ...]``
+        ``dL/da`` at the activation's output.
+    preactivation : Tensor ``[N, O, ...]``
+        ``u``.
+    second : callable
+        ``sigma''`` (:attr:`ActivationSpec.second <nni_splitting.activations.ActivationSpec.second>`).
+    scale : Tensor ``[O]``
+        The folded BatchNorm scale ``c`` (:func:`batchnorm_scale`).
+    """
+    return upstream.detach() * second(preactivation) * _per_channel(scale, preactivation) ** 2
+
+
+def neuron_slopes(preactivation: torch.Tensor, first: Callable[[torch.Tensor], torch.Tensor],
+                  scale: torch.Tensor) -> torch.Tensor:
+    """``c_j * sigma'(u_{j,p})`` (shape of ``u``): the slopes inside ``J_{j,q}`` of the depthwise term."""
+    return first(preactivation) * _per_channel(scale, preactivation)
 
 
 def neuron_inputs(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
@@ -102,7 +137,7 @@ def weighted_gram(features: torch.Tensor, weights: torch.Tensor,
     return out
 
 
-def depthwise_jacobian(patches: torch.Tensor, first_derivative: torch.Tensor, scale: torch.Tensor,
+def depthwise_jacobian(patches: torch.Tensor, first_derivative: torch.Tensor, scale: Optional[torch.Tensor],
                        depthwise: nn.Conv2d, output_size: Tuple[int, int], neurons: slice) -> torch.Tensor:
     """``J_{j,q} = c_j * sum_k K_{j,k} sigma'(u_{j,q+k}) x~_{q+k}`` for the neurons in ``neurons``.
 
@@ -112,8 +147,9 @@ def depthwise_jacobian(patches: torch.Tensor, first_derivative: torch.Tensor, sc
         The producer's neuron inputs; ``P = H * W`` is the producer's output grid (``output_size``).
     first_derivative : Tensor ``[N, O, H, W]``
         ``sigma'(u)`` of the producer's activation.
-    scale : Tensor ``[O]``
-        The folded BatchNorm scale ``c`` between the producer and its activation.
+    scale : Tensor ``[O]`` or None
+        The folded BatchNorm scale ``c`` between the producer and its activation; ``None`` when
+        ``first_derivative`` already holds the slopes ``c * sigma'(u)`` (:func:`neuron_slopes`).
 
     Returns
     -------
@@ -124,7 +160,9 @@ def depthwise_jacobian(patches: torch.Tensor, first_derivative: torch.Tensor, sc
     grids = patches.reshape(n, 1, d, h, w)
     jacobians = []
     for j in range(neurons.start, neurons.stop):
-        maps = grids[:, 0] * first_derivative[:, j:j + 1] * scale[j]  # [N, d, H, W]
+        maps = grids[:, 0] * first_derivative[:, j:j + 1]  # [N, d, H, W]
+        if scale is not None:
+            maps = maps * scale[j]
         kernel = depthwise.weight[j:j + 1].detach().to(maps.dtype).expand(d, -1, -1, -1)
         out = F.conv2d(maps, kernel, stride=depthwise.stride, padding=depthwise.padding,
                        dilation=depthwise.dilation, groups=d)

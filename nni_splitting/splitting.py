@@ -24,7 +24,8 @@ import torch.nn as nn
 from .activations import DEFAULT_SURROGATE_BETA
 from .fast import AUTO_EXACT_MAX_D, FastLayerData, check_fast_options, solve_min_eigenpairs
 from .graph import NeuronGroup, activation_of_node, find_neuron_groups, trace_model
-from .matrix import DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, min_eigenpairs, neuron_inputs, weighted_gram
+from .matrix import (DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, min_eigenpairs, neuron_inputs,
+                     neuron_slopes, neuron_weights, weighted_gram)
 
 __all__ = ["LayerSplitting", "compute_splitting", "save_splits", "load_splits", "METHODS"]
 
@@ -347,22 +348,22 @@ def _splitting_matrices(group: NeuronGroup, modules: Dict[str, nn.Module], value
     if gradient is None:  # the loss does not depend on this activation
         return torch.zeros(chunk.stop - chunk.start, patches.shape[1], patches.shape[1],
                            dtype=patches.dtype, device=patches.device)
-    u = preactivation.reshape(n, channels, -1)
     # S_j = E[ sum_p dL/da_{j,p} * sigma''(u_{j,p}) * c_j^2 * x~_p x~_p^T ]           (eq. 3)
-    weights = gradient.detach().reshape(n, channels, -1) * spec.second(u) * scale[None, :, None] ** 2
+    weights = neuron_weights(gradient, preactivation, spec.second, scale).reshape(n, channels, -1)
     matrices = weighted_gram(patches, weights[:, chunk])
     if group.depthwise_activation_node and gradients.get(group.depthwise_activation_node) is not None:
         depthwise = modules[group.depthwise]
         u2 = values[group.depthwise_preactivation_node].detach()
         scale2 = batchnorm_scale(modules.get(group.depthwise_bn) if group.depthwise_bn else None, channels, u2)
-        g2 = gradients[group.depthwise_activation_node].detach().reshape(n, channels, -1)
+        g2 = gradients[group.depthwise_activation_node]
         # S_j += E[ sum_q dL/db_{j,q} * sigma_2''(u'_{j,q}) * c'_j^2 * J_{j,q} J_{j,q}^T ]
-        weights2 = g2 * spec2.second(u2.reshape(n, channels, -1)) * scale2[None, :, None] ** 2
+        weights2 = neuron_weights(g2, u2, spec2.second, scale2).reshape(n, channels, -1)
         grid = tuple(preactivation.shape[2:])
+        slopes = neuron_slopes(preactivation, spec.first, scale)  # c_j sigma'(u_j), inside J_{j,q}
         jacobian_elements = n * patches.shape[1] * weights2.shape[2]  # one neuron's J: [N, d, Q]
         step = max(1, DEFAULT_CHUNK_ELEMENTS // jacobian_elements)
         for start in range(chunk.start, chunk.stop, step):
             part = slice(start, min(chunk.stop, start + step))
-            jacobian = depthwise_jacobian(patches, spec.first(preactivation), scale, depthwise, grid, part)
+            jacobian = depthwise_jacobian(patches, slopes, None, depthwise, grid, part)
             matrices[part.start - chunk.start:part.stop - chunk.start] += weighted_gram(jacobian, weights2[:, part])
     return matrices
