@@ -210,9 +210,31 @@ def _find_cifar_pickles(root: Path):
     return None
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR batch holds (dicts, lists, bytes, str, ints and numpy arrays).
+
+    ``pickle.load`` would run whatever a file in ``data_dir`` asks for; this refuses every global
+    but numpy's array reconstruction, so a foreign or malicious file is a ``ValueError``, not code.
+    """
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+        return super().find_class(module, name)
+
+
 def _read_cifar_pickle(path: Path):
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as error:
+        raise ValueError(f"{str(path)!r} is not a CIFAR-10 pickle batch: {error}") from error
+    if not isinstance(batch, dict):
+        raise ValueError(f"{str(path)!r} is not a CIFAR-10 pickle batch (a {type(batch).__name__}, not a dict)")
     batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
     if "data" not in batch or ("labels" not in batch and "fine_labels" not in batch):
         raise ValueError(f"{str(path)!r} is not a CIFAR-10 pickle batch (keys {sorted(batch)})")

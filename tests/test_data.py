@@ -176,6 +176,28 @@ def test_cifar_pickle_layout(tmp_path):
     assert got.tolist() == np.bincount(all_train_y, minlength=10).tolist()
 
 
+class _RunsCode:
+    """Unpickling this calls os.system: what a plain pickle.load of a foreign file would do."""
+
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch " + str(_RunsCode.marker),))
+
+
+def test_cifar_pickle_that_would_run_code_is_refused(tmp_path):
+    _write_fake_cifar_pickles(tmp_path / "cifar-10-batches-py")
+    _RunsCode.marker = tmp_path / "pwned"
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": _RunsCode(), b"labels": [0]}, f)
+    with pytest.raises(ValueError, match="data_batch_3.*not allowed"):
+        load_dataset("cifar10", tmp_path)
+    assert not _RunsCode.marker.exists()
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+        f.write(b"\x80\x04truncated")
+    with pytest.raises(ValueError, match="data_batch_3.*not a CIFAR-10 pickle batch"):
+        load_dataset("cifar10", tmp_path)
+
+
 @pytest.mark.parametrize("data_dir", [None, "empty"])
 def test_cifar_missing_message(tmp_path, data_dir):
     path = None if data_dir is None else tmp_path
