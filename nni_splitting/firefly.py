@@ -1,0 +1,497 @@
+"""Firefly growth (Wu, Liu, Stone & Liu, "Firefly Neural Architecture Descent", NeurIPS 2020).
+
+Every splittable layer (the :class:`~nni_splitting.graph.NeuronGroup` layers of
+:func:`~nni_splitting.splitting.compute_splitting`) gets two kinds of candidates, each with a small
+trainable perturbation, all in one *augmented* network that computes the same function as the
+model when the perturbations are zero:
+
+* **split** neuron ``j``: ``sigma(theta_j x) -> 1/2 sigma((theta_j + delta_j) x) + 1/2 sigma((theta_j - delta_j) x)``
+  with ``||delta_j|| = epsilon`` (every neuron is duplicated by the project's surgery, the two copies
+  get ``+delta_j`` and ``-delta_j``);
+* **new** neuron ``k``: ``f(x) + h_k sigma(a_k x)``: fresh input weights ``a_k`` (norm: the mean
+  norm of the layer's neurons times ``input_scale``) and outgoing weights ``h_k`` (the consumers'
+  new input columns, ``||h_k|| = new_epsilon``) that start at zero.
+
+A few projected, normalised gradient steps on the perturbations (one batch each) fit them to the
+loss; the candidates are then scored by the first-order effect of their gate ``g_c`` (the
+perturbation ``g_c p_c``, ``g = 1``), divided by the order ``k_c`` of the candidate's leading term
+(a split is even in ``delta``: ``k = 2``; a new neuron is linear in ``h``: ``k = 1``)::
+
+    Delta L_c ~= (1 / k_c) dL(f_{g p})/dg_c |_{g=1} = <p_c, grad_{p_c} L> / k_c
+
+which is the predicted loss change of applying candidate ``c`` alone (for a split it is
+``epsilon**2 v^T S v / 2``, the splitting index of S2D along ``delta / epsilon``, found without an
+eigen-decomposition). The greedy top candidates under a count or cost budget are applied with the
+public surgery: :func:`~nni_splitting.surgery.apply_splits` for splits and
+:func:`~nni_splitting.baselines.growth.add_new_neurons` (zero outgoing weights) for new neurons, whose
+new rows and columns are then set to ``a`` and ``h``. ``scale=0`` in :func:`apply_firefly` keeps
+the function exactly.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from .baselines.growth import add_new_neurons
+from .defaults import EPSILON, GROW_RATIO
+from .graph import NeuronGroup, find_neuron_groups, trace_model
+from .splitting import LayerSplitting
+from .surgery import apply_splits
+
+__all__ = ["FireflyLayer", "compute_firefly", "apply_firefly", "split_plan", "KINDS"]
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("split", "new")
+
+
+@dataclass
+class FireflyLayer:
+    """The Firefly candidates of one layer: ``n`` splits (index ``j``) then ``K`` new neurons (index ``n + k``).
+
+    Attributes
+    ----------
+    layer : str
+        The producer's ``named_modules()`` name.
+    group : NeuronGroup
+        Its channels' path (what the surgery widens).
+    split_scores, new_scores : Tensor ``[n]``, ``[K]``
+        Predicted loss change of applying each candidate alone (negative: the loss falls).
+    split_directions : Tensor ``[n, d]``
+        Unit ``delta_j / epsilon`` (weights flattened, then bias: the layout of ``LayerSplitting``).
+    new_inputs : Tensor ``[K, d]``
+        Input weights ``a_k`` of the new neurons, same layout, in the layer's current input space.
+    new_outputs : dict
+        ``{consumer: Tensor [K, out, block]}``: outgoing weights ``h_k`` (a Conv2d consumer's block is its kernel).
+    new_filters : dict
+        ``{depthwise follower: Tensor [K, ...]}``: the new channels' depthwise filters.
+    epsilon, new_epsilon : float
+        ``||delta_j||`` and ``||h_k||``.
+    example : Tensor
+        One input (for tracing when new neurons are applied).
+    """
+
+    layer: str
+    group: NeuronGroup
+    split_scores: torch.Tensor
+    new_scores: torch.Tensor
+    split_directions: torch.Tensor
+    new_inputs: torch.Tensor
+    new_outputs: Dict[str, torch.Tensor] = field(default_factory=dict)
+    new_filters: Dict[str, torch.Tensor] = field(default_factory=dict)
+    epsilon: float = EPSILON
+    new_epsilon: float = EPSILON
+    example: Optional[torch.Tensor] = None
+
+    @property
+    def num_neurons(self) -> int:
+        """The layer's current width ``n`` (what a grow ratio is a fraction of)."""
+        return int(self.split_directions.shape[0])
+
+    @property
+    def eigenvalues(self) -> torch.Tensor:
+        """All candidates' scores, splits then new neurons: what the selection rules rank."""
+        return torch.cat([self.split_scores, self.new_scores])
+
+
+def _check_positive(name: str, value, integer: bool = False, zero: bool = False) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    ok = ok and (value >= 0 if zero else value > 0) and (not integer or int(value) == value)
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        raise ValueError(f"{name}={value!r} must be {kind} {'>= 0' if zero else '> 0'}")
+
+
+def _materialize(batches: Iterable, max_batches: Optional[int]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    if max_batches is not None:
+        _check_positive("max_batches", max_batches, integer=True)
+    items = list(itertools.islice(iter(batches), max_batches))
+    if not items:
+        raise ValueError("batches is empty: Firefly needs at least one (inputs, targets) batch")
+    for index, item in enumerate(items):
+        if not (isinstance(item, (tuple, list)) and len(item) >= 2):
+            raise ValueError(f"batch {index} is {type(item).__name__}, expected an (inputs, targets) pair")
+    return [(item[0], item[1]) for item in items]
+
+
+def _expand_inputs(weights: torch.Tensor, split: Sequence[int], new: int) -> torch.Tensor:
+    """The surgery's consumer widening on ``[rows, channels, block]``: halve split columns, append them, then zeros."""
+    if not len(split) and not new:
+        return weights
+    index = torch.as_tensor(list(split), dtype=torch.long, device=weights.device)
+    half = torch.ones(weights.shape[1], dtype=weights.dtype, device=weights.device)
+    half[index] = 0.5
+    halved = weights * half[None, :, None]
+    zeros = weights.new_zeros(weights.shape[0], new, weights.shape[2])
+    return torch.cat([halved, halved[:, index], zeros], dim=1)
+
+
+class _Layout:
+    """Who feeds whom: each module's upstream group (and its block), each group's consumers."""
+
+    def __init__(self, groups: Mapping[str, NeuronGroup], model: nn.Module):
+        self.groups = groups
+        self.upstream: Dict[str, Tuple[str, int]] = {}
+        for name, group in groups.items():
+            for consumer in group.consumers:
+                self.upstream[consumer.module] = (name, consumer.block)
+        self.widths = {name: model.get_submodule(name).weight.shape[0] for name in groups}
+
+    def channels(self, module: str) -> Optional[int]:
+        up = self.upstream.get(module)
+        return self.widths[up[0]] if up else None
+
+
+class _Augmented:
+    """The model with every candidate in it; ``params(p)`` maps perturbations to its weights."""
+
+    def __init__(self, model: nn.Module, groups: Dict[str, NeuronGroup], example: torch.Tensor,
+                 split: bool, new: Dict[str, int], seed: int):
+        self.layout = _Layout(groups, model)
+        self.split, self.new = split, new
+        widths = self.layout.widths
+        augmented = copy.deepcopy(model).eval()
+        if split:
+            stubs = {name: LayerSplitting(name, torch.zeros(widths[name]),
+                                          torch.zeros_like(_neuron_rows(model.get_submodule(name))), g)
+                     for name, g in groups.items()}
+            augmented = apply_splits(augmented, stubs, {name: list(range(widths[name])) for name in groups},
+                                     epsilon=0.0, inplace=True)
+        counts = {name: k for name, k in new.items() if k}
+        if counts:
+            augmented, _ = add_new_neurons(augmented, example, counts, seed=seed, outgoing="zero", layers=list(counts))
+        self.model = augmented.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.rows = {name: widths[name] * (2 if split else 1) for name in groups}  # first new row
+        with torch.no_grad():  # new rows come from the perturbations only
+            for name, k in counts.items():
+                layer = self.model.get_submodule(name)
+                layer.weight[self.rows[name]:] = 0
+                if layer.bias is not None:
+                    layer.bias[self.rows[name]:] = 0
+        self.modules = sorted(set(groups) | set(self.layout.upstream))
+
+    def _inputs(self, module: str, flat: torch.Tensor) -> torch.Tensor:
+        """Weights over ``module``'s original inputs ``[r, d_w]`` -> its augmented input columns ``[r, C', block]``."""
+        channels = self.layout.channels(module)
+        if channels is None:
+            return flat.reshape(flat.shape[0], 1, -1)
+        up = self.layout.upstream[module][0]
+        weights = flat.reshape(flat.shape[0], channels, -1)
+        return _expand_inputs(weights, range(channels) if self.split else [], self.new.get(up, 0))
+
+    def params(self, p: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        out = {}
+        for name in self.modules:
+            layer = self.model.get_submodule(name)
+            base = layer.weight
+            rows = base.shape[0]
+            weight = base.reshape(rows, -1)
+            has_bias = layer.bias is not None
+            if name in self.layout.groups:
+                n, parts, biases = self.layout.widths[name], [], []
+                if self.split:
+                    delta = p[f"delta:{name}"]
+                    dw = self._inputs(name, delta[:, :delta.shape[1] - has_bias]).reshape(n, -1)
+                    parts += [dw, -dw]
+                    biases += [delta[:, -1], -delta[:, -1]] if has_bias else []
+                else:
+                    parts.append(weight.new_zeros(n, weight.shape[1]))
+                    biases += [weight.new_zeros(n)] if has_bias else []
+                if self.new.get(name):
+                    a = p[f"input:{name}"]
+                    parts.append(self._inputs(name, a[:, :a.shape[1] - has_bias]).reshape(a.shape[0], -1))
+                    biases += [a[:, -1]] if has_bias else []
+                weight = weight + torch.cat(parts)
+                if has_bias:
+                    out[f"{name}.bias"] = layer.bias + torch.cat(biases)
+            up = self.layout.upstream.get(name)
+            if up and self.new.get(up[0]):
+                h = p[f"output:{up[0]}:{name}"]  # [K, out, block] over the consumer's original rows
+                h = h.transpose(0, 1)
+                pieces = [h] + ([h] if name in self.layout.groups and self.split else [])
+                pieces.append(h.new_zeros(rows - sum(x.shape[0] for x in pieces), *h.shape[1:]))
+                columns = torch.cat(pieces)
+                grid = weight.reshape(rows, -1, h.shape[2])
+                fill = torch.cat([grid.new_zeros(rows, grid.shape[1] - h.shape[1], h.shape[2]), columns], dim=1)
+                weight = (grid + fill).reshape(rows, -1)
+            out[f"{name}.weight"] = weight.reshape(base.shape)
+        return out
+
+    def loss(self, p, loss_fn, inputs, targets) -> torch.Tensor:
+        return loss_fn(functional_call(self.model, self.params(p), (inputs,)), targets)
+
+
+def _neuron_rows(layer: nn.Module) -> torch.Tensor:
+    flat = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+    return torch.cat([flat, layer.bias.detach()[:, None]], dim=1) if layer.bias is not None else flat
+
+
+def _unit(rows: torch.Tensor) -> torch.Tensor:
+    norms = rows.norm(dim=-1, keepdim=True)
+    return torch.where(norms > 0, rows / norms.clamp_min(1e-300), rows)
+
+
+def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    batches: Iterable, *, layers: Optional[Sequence[str]] = None, epsilon: float = EPSILON,
+                    new_epsilon: Optional[float] = None, new_neurons=None, kinds: Sequence[str] = KINDS,
+                    steps: Optional[int] = None, score_batches: Optional[int] = None, lr: float = 0.5,
+                    input_scale: float = 1.0, seed: int = 0, max_batches: Optional[int] = None
+                    ) -> Dict[str, FireflyLayer]:
+    """Score the Firefly candidates (splits and new neurons) of every splittable layer.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Traceable by torch.fx; not modified (an eval-mode copy is augmented).
+    loss_fn : callable
+        ``loss_fn(outputs, targets)``, the mean loss of a batch.
+    batches : iterable of (inputs, targets)
+        The budget: by default the first ``ceil(B / 2)`` batches fit the perturbations (one
+        gradient step each) and the rest (the same batch when ``B = 1``) score them: one pass.
+    layers : list of str, optional
+        Only these producers.
+    epsilon, new_epsilon : float
+        ``||delta_j||`` of a split and ``||h_k||`` of a new neuron's outgoing weights (default ``epsilon``).
+    new_neurons : int or dict, optional
+        New-neuron candidates per layer (``{layer: K}`` or one int); default
+        ``max(1, round(GROW_RATIO * n))``. Ignored without ``"new"`` in ``kinds``.
+    kinds : sequence of {"split", "new"}
+        Which candidates to consider.
+    steps, score_batches : int, optional
+        Gradient steps on the perturbations and batches for the scores (see ``batches``).
+    lr : float
+        Step of the normalised, projected gradient descent as a fraction of each perturbation's norm.
+    input_scale : float
+        Norm of a new neuron's input weights relative to the mean norm of the layer's neurons.
+    seed : int
+        Seed of the initial perturbations.
+
+    Returns
+    -------
+    dict
+        ``{layer: FireflyLayer}`` in graph order.
+    """
+    _check_positive("epsilon", epsilon)
+    new_epsilon = epsilon if new_epsilon is None else new_epsilon
+    _check_positive("new_epsilon", new_epsilon)
+    _check_positive("lr", lr)
+    _check_positive("input_scale", input_scale)
+    if isinstance(kinds, str) or not kinds or set(kinds) - set(KINDS):
+        raise ValueError(f"kinds={kinds!r} must be a non-empty list of {KINDS}")
+    data = _materialize(batches, max_batches)
+    for name, value in (("steps", steps), ("score_batches", score_batches)):
+        if value is not None:
+            _check_positive(name, value, integer=True)
+    fit = int(steps) if steps is not None else max(1, math.ceil(len(data) / 2))
+    scoring = data[fit:] if len(data) > fit else data
+    if score_batches is not None:
+        scoring = list(itertools.islice(itertools.cycle(data[fit:] + data[:fit]), int(score_batches)))
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        raise ValueError(f"{type(model).__name__} has no parameters: nothing to grow")
+    dtype, device = parameter.dtype, parameter.device
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device)
+        return x.to(dtype) if x.is_floating_point() else x
+
+    example = prepare(data[0][0][:1])
+    groups, excluded = find_neuron_groups(trace_model(model, example), list(layers) if layers is not None else None)
+    if not groups:
+        reasons = "; ".join(f"{k}: {v}" for k, v in excluded.items()) or "it has no Linear/Conv2d layer"
+        raise ValueError(f"{type(model).__name__} has nothing to grow ({reasons})")
+    widths = {name: model.get_submodule(name).weight.shape[0] for name in groups}
+    counts = _new_counts(new_neurons, widths) if "new" in kinds else {name: 0 for name in groups}
+    augmented = _Augmented(model, groups, example, "split" in kinds, counts, seed)
+    generator = torch.Generator().manual_seed(int(seed))
+    p: Dict[str, torch.Tensor] = {}
+    radius: Dict[str, float] = {}
+    for name in groups:
+        rows = _neuron_rows(model.get_submodule(name))
+        if "split" in kinds:
+            p[f"delta:{name}"] = epsilon * _unit(torch.randn(rows.shape, generator=generator, dtype=torch.float64))
+            radius[f"delta:{name}"] = epsilon
+        if counts[name]:
+            scale = input_scale * (float(rows.norm(dim=1).mean()) or 1.0)
+            p[f"input:{name}"] = scale * _unit(torch.randn(counts[name], rows.shape[1], generator=generator,
+                                                           dtype=torch.float64))
+            radius[f"input:{name}"] = scale
+            for consumer in groups[name].consumers:
+                weight = model.get_submodule(consumer.module).weight
+                block = weight[0].numel() // widths[name]
+                p[f"output:{name}:{consumer.module}"] = torch.zeros(counts[name], weight.shape[0], block,
+                                                                    dtype=torch.float64)
+    p = {k: v.to(dtype=dtype, device=device).requires_grad_(True) for k, v in p.items()}
+
+    def gradients(batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        loss = augmented.loss(p, loss_fn, prepare(batch[0]), batch[1].to(device))
+        grads = torch.autograd.grad(loss, list(p.values()), allow_unused=True)
+        return loss, {k: (g if g is not None else torch.zeros_like(p[k])) for k, g in zip(p, grads)}
+
+    for step in range(fit):
+        _, grads = gradients(data[step % len(data)])
+        rate = lr / math.sqrt(1.0 + step)
+        with torch.no_grad():
+            for key, value in p.items():
+                if key.startswith("output:"):
+                    continue
+                value.copy_(radius[key] * _unit(value - rate * radius[key] * _unit(grads[key])))
+            for name in groups:  # h_k on the sphere ||h_k|| = new_epsilon, jointly over the consumers
+                keys = [k for k in p if k.startswith(f"output:{name}:")]
+                if not keys:
+                    continue
+                flat = torch.cat([p[k].reshape(counts[name], -1) for k in keys], dim=1)
+                grad = torch.cat([grads[k].reshape(counts[name], -1) for k in keys], dim=1)
+                moved = flat - rate * new_epsilon * _unit(grad)
+                moved = new_epsilon * _unit(moved)
+                offset = 0
+                for k in keys:
+                    size = p[k][0].numel()
+                    p[k].copy_(moved[:, offset:offset + size].reshape(p[k].shape))
+                    offset += size
+    # Delta L_c ~= <p_c, grad_{p_c} L> / k_c   (k = 2 for a split, 1 for a new neuron's outgoing h)
+    totals = {k: torch.zeros(v.shape[0], dtype=torch.float64) for k, v in p.items()
+              if k.startswith(("delta:", "output:"))}
+    weight_sum = 0
+    for batch in scoring:
+        _, grads = gradients(batch)
+        size = int(batch[1].shape[0]) if batch[1].dim() else 1
+        weight_sum += size
+        for key in totals:
+            value = (p[key].detach() * grads[key]).reshape(p[key].shape[0], -1).sum(1)
+            totals[key] += size * value.double().cpu() / (2.0 if key.startswith("delta:") else 1.0)
+    results: Dict[str, FireflyLayer] = {}
+    for name, group in groups.items():
+        n = widths[name]
+        d = _neuron_rows(model.get_submodule(name)).shape[1]
+        split_scores = totals[f"delta:{name}"] / weight_sum if "split" in kinds else torch.full((n,), math.nan)
+        directions = (p[f"delta:{name}"].detach() / epsilon if "split" in kinds
+                      else torch.zeros(n, d, dtype=dtype, device=device))
+        keys = [k for k in totals if k.startswith(f"output:{name}:")]
+        new_scores = sum((totals[k] for k in keys), torch.zeros(counts[name], dtype=torch.float64)) / weight_sum
+        outputs = {k.split(":", 2)[2]: p[k].detach().clone() for k in keys}
+        inputs = p[f"input:{name}"].detach().clone() if counts[name] else torch.zeros(0, d, dtype=dtype, device=device)
+        filters = {}
+        for follower in group.followers:
+            module = augmented.model.get_submodule(follower)
+            if isinstance(module, nn.Conv2d) and counts[name]:
+                filters[follower] = module.weight.detach()[augmented.rows[name]:].clone()
+        results[name] = FireflyLayer(name, group, split_scores.to(torch.float64), new_scores, directions, inputs,
+                                     outputs, filters, float(epsilon), float(new_epsilon), example.detach().cpu())
+    logger.info("firefly: %d layer(s), %d split and %d new-neuron candidate(s), %d fit + %d score batch(es)",
+                len(results), sum(widths.values()) if "split" in kinds else 0, sum(counts.values()), fit, len(scoring))
+    return results
+
+
+def _new_counts(new_neurons, widths: Mapping[str, int]) -> Dict[str, int]:
+    if new_neurons is None:
+        return {name: max(1, int(round(GROW_RATIO * n))) for name, n in widths.items()}
+    if isinstance(new_neurons, Mapping):
+        unknown = sorted(set(new_neurons) - set(widths))
+        if unknown:
+            raise ValueError(f"new_neurons names layer(s) {unknown} that cannot grow; candidates are {list(widths)}")
+        counts = {name: new_neurons.get(name, 0) for name in widths}
+    else:
+        counts = {name: new_neurons for name in widths}
+    for name, k in counts.items():
+        _check_positive(f"new_neurons[{name!r}]", k, integer=True, zero=True)
+        if k > widths[name]:
+            raise ValueError(f"new_neurons[{name!r}]={k} exceeds the layer's width ({widths[name]}) in one step")
+    return {name: int(k) for name, k in counts.items()}
+
+
+def split_plan(candidates: Mapping[str, FireflyLayer], plan: Mapping[str, Sequence[int]]
+               ) -> Tuple[Dict[str, List[int]], Dict[str, List[int]]]:
+    """A plan over candidate indices -> ``(splits {layer: [j]}, new neurons {layer: [k]})``, validated."""
+    splits, new = {}, {}
+    for layer, indices in plan.items():
+        if layer not in candidates:
+            raise ValueError(f"unknown layer {layer!r} in the plan; layers with candidates: {sorted(candidates)}")
+        entry = candidates[layer]
+        n, total = entry.num_neurons, entry.num_neurons + entry.new_scores.numel()
+        if isinstance(indices, (str, bytes)) or not isinstance(indices, (list, tuple, range, torch.Tensor)):
+            raise ValueError(f"the plan of layer {layer!r} is {indices!r}: expected a list of candidate indices")
+        values = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
+        for i in values:
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < total:
+                raise ValueError(f"candidate {i!r} of layer {layer!r} is not an integer in [0, {total})")
+        if len(set(values)) != len(values):
+            raise ValueError(f"the plan names a candidate of layer {layer!r} twice: {sorted(values)}")
+        if any(i < n and math.isnan(float(entry.split_scores[i])) for i in values):
+            raise ValueError(f"layer {layer!r} has no split candidates (computed without kinds='split')")
+        if [i for i in values if i < n]:
+            splits[layer] = sorted(int(i) for i in values if i < n)
+        if [i for i in values if i >= n]:
+            new[layer] = sorted(int(i) - n for i in values if i >= n)
+    return splits, new
+
+
+def apply_firefly(model: nn.Module, candidates: Mapping[str, FireflyLayer], plan: Mapping[str, Sequence[int]],
+                  scale: float = 1.0) -> nn.Module:
+    """Grow a copy of ``model`` by the chosen candidates (``{layer: candidate indices}``, e.g. from ``select``).
+
+    Splits become ``theta_j +- scale * epsilon * direction_j`` (:func:`apply_splits`); new neurons are
+    appended by :func:`add_new_neurons` and get input weights ``a_k`` and outgoing weights
+    ``scale * h_k``. ``scale=0`` keeps the function exactly (duplicates and silent new neurons).
+    """
+    _check_positive("scale", scale, zero=True)
+    splits, new = split_plan(candidates, plan)
+    grown = copy.deepcopy(model)
+    if splits:
+        results = {layer: LayerSplitting(layer, candidates[layer].split_scores, candidates[layer].split_directions,
+                                         candidates[layer].group, "firefly") for layer in splits}
+        eps = {candidates[layer].epsilon for layer in splits}
+        if len(eps) > 1:
+            raise ValueError(f"the candidates were computed with different epsilons {sorted(eps)}")
+        grown = apply_splits(grown, results, splits, epsilon=scale * eps.pop(), inplace=True)
+    if not new:
+        return grown
+    example = next(iter(candidates.values())).example
+    parameter = next(grown.parameters())
+    example = example.to(parameter.device)
+    example = example.to(parameter.dtype) if example.is_floating_point() else example
+    before = {layer: grown.get_submodule(layer).weight.shape[0] for layer in new}
+    grown, _ = add_new_neurons(grown, example, {layer: len(k) for layer, k in new.items()}, seed=0,
+                               outgoing="zero", layers=list(new))
+    layout = _Layout({layer: entry.group for layer, entry in candidates.items()}, model)
+    with torch.no_grad():
+        for layer, ks in new.items():
+            entry, producer = candidates[layer], grown.get_submodule(layer)
+            index = torch.tensor(ks)
+            rows = slice(before[layer], before[layer] + len(ks))
+            a = entry.new_inputs[index].to(producer.weight)
+            has_bias = producer.bias is not None
+            weights = a[:, :a.shape[1] - has_bias]
+            up = layout.upstream.get(layer)
+            grid = (weights.reshape(len(ks), layout.widths[up[0]], -1) if up else weights.reshape(len(ks), 1, -1))
+            if up:
+                grid = _expand_inputs(grid, splits.get(up[0], []), len(new.get(up[0], [])))
+            producer.weight[rows] = grid.reshape(len(ks), *producer.weight.shape[1:])
+            if has_bias:
+                producer.bias[rows] = a[:, -1]
+            for follower, filters in entry.new_filters.items():
+                grown.get_submodule(follower).weight[rows] = filters[index].to(producer.weight)
+        for layer, ks in new.items():
+            entry, index = candidates[layer], torch.tensor(ks)
+            for consumer in entry.group.consumers:
+                module = grown.get_submodule(consumer.module)
+                h = scale * entry.new_outputs[consumer.module][index].to(module.weight).transpose(0, 1)
+                pieces = [h] + ([h[torch.tensor(splits[consumer.module])]] if consumer.module in splits else [])
+                total = module.weight.shape[0]
+                pieces.append(h.new_zeros(total - sum(x.shape[0] for x in pieces), *h.shape[1:]))
+                grid = module.weight.reshape(total, -1, h.shape[2])
+                grid[:, grid.shape[1] - len(ks):] = torch.cat(pieces)
+    logger.info("firefly growth: %d split(s), %d new neuron(s)", sum(map(len, splits.values())),
+                sum(map(len, new.values())))
+    return grown
