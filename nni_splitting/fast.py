@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .graph.handlers import handler_for
 from .matrix import batchnorm_scale, neuron_slopes, neuron_weights
 
 __all__ = [
@@ -94,8 +95,9 @@ class SplittingOperator:
 
     Parameters
     ----------
-    layer : nn.Linear or nn.Conv2d
-        The producer (only its geometry and whether it has a bias are used).
+    layer : nn.Module
+        The producer (Linear, Conv2d or a registered kind): its layer handler computes the products
+        ``x~^T v`` and their adjoint ``sum_p y_p x~_p`` (its parameter values are not used).
     inputs : Tensor ``[N, C, H, W]`` or ``[N, F]``
         The layer's inputs over the whole data.
     weights : Tensor ``[N, O, H', W']`` or ``[N, O]``
@@ -111,14 +113,15 @@ class SplittingOperator:
     def __init__(self, layer: nn.Module, inputs: torch.Tensor, weights: torch.Tensor,
                  depthwise: Optional[nn.Conv2d] = None, slopes: Optional[torch.Tensor] = None,
                  weights2: Optional[torch.Tensor] = None, chunk_elements: int = FAST_DEFAULTS["chunk_elements"]):
-        self.linear = isinstance(layer, nn.Linear)
-        self.weight_shape = tuple(layer.weight.shape)
-        self.has_bias = layer.bias is not None
-        if not self.linear:
-            if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-                raise ValueError(f"{layer}: only explicit zero padding is supported (padding={layer.padding!r}, "
-                                 f"padding_mode={layer.padding_mode!r})")
-            self.geometry = (layer.stride, layer.padding, layer.dilation)
+        self.handler = handler_for(layer)
+        if self.handler is None:
+            raise ValueError(f"{type(layer).__name__} has no layer handler: register one with register_layer_handler")
+        self.layer = layer
+        check = getattr(self.handler, "check", None)
+        if check is not None:
+            check(layer)  # e.g. a conv's padding: fail before the solver starts
+        self._num_neurons = self.handler.num_neurons(layer)
+        self._dim = self.handler.parameters_per_neuron(layer)
         self.inputs, self.weights = inputs, weights
         self.depthwise = depthwise is not None and weights2 is not None
         if self.depthwise:
@@ -129,11 +132,11 @@ class SplittingOperator:
 
     @property
     def num_neurons(self) -> int:
-        return self.weight_shape[0]
+        return self._num_neurons
 
     @property
     def dim(self) -> int:
-        return math.prod(self.weight_shape[1:]) + int(self.has_bias)
+        return self._dim
 
     @property
     def dtype(self) -> torch.dtype:
@@ -158,9 +161,6 @@ class SplittingOperator:
         if neurons is None:
             neurons = torch.arange(b, device=vectors.device)
         stacked = vectors.permute(2, 0, 1).reshape(k * b, d)  # row (i, j): vector i of neuron j
-        dw = d - int(self.has_bias)
-        v_weight = stacked[:, :dw].reshape(k * b, *self.weight_shape[1:])
-        v_bias = stacked[:, dw] if self.has_bias else None
         out = torch.zeros(k * b, d, dtype=vectors.dtype, device=vectors.device)
         n = self.inputs.shape[0]
         step = self._chunk(k * b)
@@ -168,23 +168,13 @@ class SplittingOperator:
             part = slice(start, min(n, start + step))
             weights = self.weights[part] if full else self.weights[part][:, neurons]
             x = self.inputs[part]
-            if self.linear:
-                t = F.linear(x, v_weight, v_bias).view(-1, k, b)
-                y = (t * weights.unsqueeze(1)).view(-1, k * b)
-                out[:, :dw] += y.t() @ x  # sum_n y_{n,j} x_n
-            else:
-                stride, padding, dilation = self.geometry
-                t = F.conv2d(x, v_weight, v_bias, stride, padding, dilation)  # x~^T v_j at every position
-                grid = t.shape[2:]
-                t = t.view(-1, k, b, *grid)
-                y = t * weights.unsqueeze(1)
-                if self.depthwise:
-                    y = y + self._depthwise_term(t, part, neurons, full)
-                y = y.view(-1, k * b, *grid)
-                gradient = torch.nn.grad.conv2d_weight(x, v_weight.shape, y, stride, padding, dilation)
-                out[:, :dw] += gradient.reshape(k * b, dw)
-            if self.has_bias:
-                out[:, dw] += y.reshape(y.shape[0], k * b, -1).sum(dim=(0, 2))
+            grid = weights.shape[2:]
+            t = self.handler.neuron_products(self.layer, x, stacked)  # x~^T v_j at every position
+            t = t.reshape(-1, k, b, *grid)
+            y = t * weights.unsqueeze(1)
+            if self.depthwise:
+                y = y + self._depthwise_term(t, part, neurons, full)
+            out += self.handler.neuron_gradient(self.layer, x, y.reshape(-1, k * b, *grid))  # sum_{n,p} y x~
         return out.view(k, b, d).permute(1, 2, 0)
 
     def _depthwise_term(self, t: torch.Tensor, part: slice, neurons: torch.Tensor, full: bool) -> torch.Tensor:

@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .graph.handlers import handler_for
+
 __all__ = [
     "batchnorm_scale",
     "neuron_weights",
@@ -89,21 +91,12 @@ def neuron_inputs(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """The inputs ``x~_p`` each neuron of ``layer`` sees: ``[N, d, P]`` (``d`` = weights per neuron (+1 bias)).
 
     For a Conv2d these are the unfolded patches, in the order of ``weight.view(out, -1)``; for a
-    Linear, ``P = 1``.
+    Linear, ``P = 1``. The layer's handler (:mod:`nni_splitting.graph.handlers`) computes them.
     """
-    if isinstance(layer, nn.Linear):
-        patches = x.unsqueeze(-1)
-    else:
-        if layer.padding_mode != "zeros":
-            raise ValueError(f"padding_mode={layer.padding_mode!r} of {layer} is not supported (only 'zeros')")
-        padding = layer.padding
-        if isinstance(padding, str):
-            raise ValueError(f"padding={padding!r} of {layer} is not supported: give explicit padding")
-        patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=padding, stride=layer.stride)
-    if layer.bias is not None:
-        ones = torch.ones_like(patches[:, :1])
-        patches = torch.cat([patches, ones], dim=1)
-    return patches
+    handler = handler_for(layer)
+    if handler is None:
+        raise ValueError(f"{type(layer).__name__} has no layer handler: register one with register_layer_handler")
+    return handler.neuron_inputs(layer, x)
 
 
 def weighted_gram(features: torch.Tensor, weights: torch.Tensor,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -23,7 +22,7 @@ import torch.nn as nn
 
 from .activations import DEFAULT_SURROGATE_BETA
 from .fast import AUTO_EXACT_MAX_D, FastLayerData, check_fast_options, solve_min_eigenpairs
-from .graph import NeuronGroup, activation_of_node, find_neuron_groups, trace_model
+from .graph import NeuronGroup, activation_of_node, find_neuron_groups, handler_for, trace_model
 from .matrix import (DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, min_eigenpairs, neuron_inputs,
                      neuron_slopes, neuron_weights, weighted_gram)
 
@@ -331,9 +330,9 @@ def _record_batch(graph_module: fx.GraphModule, keep: set, wanted: List[str], lo
 
 
 def _layer_size(layer: nn.Module) -> Tuple[int, int]:
-    """(number of neurons, parameters per neuron ``d``) of a Linear/Conv2d."""
-    weight = layer.weight
-    return weight.shape[0], math.prod(weight.shape[1:]) + (1 if layer.bias is not None else 0)
+    """(number of neurons, parameters per neuron ``d``), from the layer's handler."""
+    handler = handler_for(layer)
+    return handler.num_neurons(layer), handler.parameters_per_neuron(layer)
 
 
 def _splitting_matrices(group: NeuronGroup, modules: Dict[str, nn.Module], values: Dict[str, torch.Tensor],

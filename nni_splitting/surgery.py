@@ -5,6 +5,9 @@ Neuron ``j`` of a layer becomes ``theta_j + eps * v_j`` (kept at index ``j``) an
 path is widened to match: BatchNorms are duplicated (all four tensors), a depthwise conv's channel
 is copied, and each consumer gets the original input column ``w`` replaced by ``w / 2`` twice, so
 that with ``eps = 0`` the grown network computes exactly the same function.
+
+The surgery loops over neuron groups and asks each module's layer handler
+(:mod:`nni_splitting.graph.handlers`) to split its neurons, duplicate a channel or widen its inputs.
 """
 from __future__ import annotations
 
@@ -12,15 +15,15 @@ import copy
 import logging
 import math
 import numbers
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from .graph import NeuronGroup
+from .graph import LayerHandler, NeuronGroup, handler_for
 from .splitting import LayerSplitting
 
-__all__ = ["apply_splits", "validate_plan"]
+__all__ = ["apply_splits", "split_group", "validate_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,73 +53,66 @@ def validate_plan(splits: Mapping[str, LayerSplitting], plan: Mapping[str, Seque
     return clean
 
 
-def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    old = getattr(module, name)
-    if isinstance(old, nn.Parameter):
-        setattr(module, name, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
-    else:
-        setattr(module, name, value.detach().clone())
+def _handler(module: nn.Module, name: str) -> LayerHandler:
+    handler = handler_for(module)
+    if handler is None:
+        raise ValueError(f"{name} ({type(module).__name__}) has no layer handler: register one with "
+                         "nni_splitting.graph.register_layer_handler")
+    return handler
 
 
-def _split_producer(layer: nn.Module, indices: List[int], directions: torch.Tensor, epsilon: float) -> None:
-    """theta_j <- theta_j + eps v_j; append theta_j - eps v_j (weights flattened, then bias)."""
-    weight = layer.weight.detach()
-    flat = weight.reshape(weight.shape[0], -1)
-    theta = torch.cat([flat, layer.bias.detach()[:, None]], dim=1) if layer.bias is not None else flat
-    if directions.shape[1] != theta.shape[1]:
-        raise ValueError(
-            f"splitting directions have length {directions.shape[1]} but the neurons of {layer} have "
-            f"{theta.shape[1]} parameters: the splits were computed on a different architecture"
-        )
-    step = epsilon * directions.to(theta.dtype).to(theta.device)
-    index = torch.tensor(indices, device=theta.device)
-    plus, minus = theta[index] + step, theta[index] - step
-    theta = theta.clone()
-    theta[index] = plus
-    theta = torch.cat([theta, minus], dim=0)
-    width = flat.shape[1]
-    _replace(layer, "weight", theta[:, :width].reshape(theta.shape[0], *weight.shape[1:]))
-    if layer.bias is not None:
-        _replace(layer, "bias", theta[:, width])
-    if isinstance(layer, nn.Linear):
-        layer.out_features = theta.shape[0]
-    else:
-        layer.out_channels = theta.shape[0]
+def _check_modules(modules: Mapping[str, nn.Module], groups: Iterable[NeuronGroup]) -> None:
+    missing = sorted({n for g in groups for n in [g.layer, *g.followers, *(c.module for c in g.consumers)]}
+                     - set(modules))
+    if missing:
+        raise ValueError(f"the model has no module(s) {missing} named in the splitting results")
 
 
-def _duplicate_channels(module: nn.Module, indices: List[int]) -> None:
-    """Copy channels ``indices`` of a BatchNorm or depthwise conv to the end of its channel dimension."""
-    index = torch.tensor(indices)
-    names = ["weight", "bias", "running_mean", "running_var"]
-    for name in names:
-        tensor = getattr(module, name, None)
-        if isinstance(tensor, torch.Tensor):
-            _replace(module, name, torch.cat([tensor.detach(), tensor.detach()[index.to(tensor.device)]], dim=0))
-    if isinstance(module, nn.Conv2d):
-        channels = module.weight.shape[0]
-        module.in_channels = module.out_channels = module.groups = channels
-    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        module.num_features += len(indices)
-    else:
-        raise ValueError(f"cannot duplicate channels of {type(module).__name__}")
+def _split_groups(modules: Mapping[str, nn.Module], work: Sequence[Tuple[NeuronGroup, List[int], torch.Tensor]],
+                  epsilon: float) -> None:
+    """Split ``(group, indices, directions)`` in place: every producer first, then followers and consumers."""
+    old_channels = {}
+    # Producers first: their directions were computed on the old input width of each layer.
+    for group, indices, directions in work:
+        module = modules[group.layer]
+        handler = _handler(module, group.layer)
+        old_channels[group.layer] = handler.num_neurons(module)
+        handler.split_producer(module, indices, directions, epsilon)
+    for group, indices, _ in work:
+        for follower in group.followers:
+            _handler(modules[follower], follower).duplicate_channels(modules[follower], indices)
+        for consumer in group.consumers:
+            module = modules[consumer.module]
+            _handler(module, consumer.module).widen_consumer(module, indices, consumer.block, old_channels[group.layer])
+        logger.info("split %d neuron(s) of %s: %d -> %d", len(indices), group.layer, old_channels[group.layer],
+                    old_channels[group.layer] + len(indices))
 
 
-def _widen_consumer(layer: nn.Module, indices: List[int], block: int, old_channels: int) -> None:
-    """Halve the input columns of the split channels and append the halved copies (blocks of ``block``)."""
-    weight = layer.weight.detach()
-    expected = old_channels * block
-    if weight.shape[1] != expected:
-        raise ValueError(f"{layer} takes {weight.shape[1]} input features, expected {expected} "
-                         f"({old_channels} channels x {block}): the model does not match its splitting results")
-    columns = torch.cat([torch.arange(j * block, (j + 1) * block) for j in indices]).to(weight.device)
-    weight = weight.clone()
-    weight[:, columns] = weight[:, columns] / 2
-    weight = torch.cat([weight, weight[:, columns]], dim=1)
-    _replace(layer, "weight", weight)
-    if isinstance(layer, nn.Linear):
-        layer.in_features = weight.shape[1]
-    else:
-        layer.in_channels = weight.shape[1]
+def _check_epsilon(epsilon) -> float:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
+        raise ValueError(f"epsilon={epsilon!r} must be a finite number >= 0")
+    return float(epsilon)
+
+
+def split_group(model: nn.Module, group: NeuronGroup, indices: Sequence[int], directions: torch.Tensor,
+                epsilon: float, inplace: bool = False) -> nn.Module:
+    """Split neurons ``indices`` of one group along ``directions`` (``[len(indices), d]``, rows need not be unit).
+
+    The lower-level form of :func:`apply_splits` for neurons whose splitting results are not a
+    :class:`LayerSplitting` (custom neurons, random directions). The ``+`` offspring keeps index ``j``,
+    the ``-`` offspring is appended; returns the grown model (a copy unless ``inplace``).
+    """
+    epsilon = _check_epsilon(epsilon)
+    grown = model if inplace else copy.deepcopy(model)
+    modules = dict(grown.named_modules())
+    _check_modules(modules, [group])
+    size = _handler(modules[group.layer], group.layer).num_neurons(modules[group.layer])
+    indices = [int(i) for i in indices]
+    if any(not 0 <= i < size for i in indices) or len(set(indices)) != len(indices):
+        raise ValueError(f"indices {indices!r} must be distinct neurons of {group.layer!r}, which has {size}")
+    directions = torch.as_tensor(directions).reshape(len(indices), -1)
+    _split_groups(modules, [(group, indices, directions)], epsilon)
+    return grown
 
 
 def apply_splits(model: nn.Module, splits: Mapping[str, LayerSplitting], plan: Mapping[str, Sequence[int]],
@@ -141,26 +137,11 @@ def apply_splits(model: nn.Module, splits: Mapping[str, LayerSplitting], plan: M
     nn.Module
         The grown model; layer ``l`` has ``len(plan[l])`` more neurons, appended after the old ones.
     """
-    if not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
-        raise ValueError(f"epsilon={epsilon!r} must be a finite number >= 0")
+    epsilon = _check_epsilon(epsilon)
     plan = validate_plan(splits, plan)
     grown = model if inplace else copy.deepcopy(model)
     modules = dict(grown.named_modules())
-    groups: Dict[str, NeuronGroup] = {layer: splits[layer].group for layer in plan}
-    missing = sorted({n for g in groups.values() for n in [g.layer, *g.followers, *(c.module for c in g.consumers)]}
-                     - set(modules))
-    if missing:
-        raise ValueError(f"the model has no module(s) {missing} named in the splitting results")
-    old_channels = {layer: modules[layer].weight.shape[0] for layer in plan}
-    # Producers first: their directions were computed on the old input width of each layer.
-    for layer, indices in plan.items():
-        directions = splits[layer].directions[torch.tensor(indices)]
-        _split_producer(modules[layer], indices, directions, float(epsilon))
-    for layer, indices in plan.items():
-        for follower in groups[layer].followers:
-            _duplicate_channels(modules[follower], indices)
-        for consumer in groups[layer].consumers:
-            _widen_consumer(modules[consumer.module], indices, consumer.block, old_channels[layer])
-        logger.info("split %d neuron(s) of %s: %d -> %d", len(indices), layer, old_channels[layer],
-                    old_channels[layer] + len(indices))
+    _check_modules(modules, [splits[layer].group for layer in plan])
+    _split_groups(modules, [(splits[layer].group, indices, splits[layer].directions[torch.tensor(indices)])
+                            for layer, indices in plan.items()], epsilon)
     return grown

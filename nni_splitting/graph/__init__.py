@@ -1,0 +1,21 @@
+"""The graph layer: tracing, neuron groups and the layer-handler registry.
+
+* :mod:`.trace`: :func:`trace_model` (torch.fx, shapes recorded; modules with a handler are leaves)
+  and :func:`activation_of_node`.
+* :mod:`.group`: :class:`NeuronGroup` / :class:`Consumer`, the coupled set that scoring, selection
+  and surgery take.
+* :mod:`.handlers`: one :class:`LayerHandler` per layer kind, :func:`register_layer_handler`.
+* :mod:`.walk`: :func:`find_neuron_groups`, the walk from each producer along its channels.
+"""
+from .group import Consumer, NeuronGroup
+from .handlers import (CHANNELWISE, DEPTHWISE, NEURONS, PASS, POOL, BatchNormHandler, Conv2dHandler, LayerHandler,
+                       LinearHandler, ParameterFreeHandler, handler_for, register_layer_handler, replace_tensor)
+from .trace import activation_of_node, trace_model
+from .walk import find_neuron_groups
+
+__all__ = [
+    "NeuronGroup", "Consumer", "trace_model", "find_neuron_groups", "activation_of_node",
+    "LayerHandler", "LinearHandler", "Conv2dHandler", "BatchNormHandler", "ParameterFreeHandler",
+    "register_layer_handler", "handler_for", "replace_tensor",
+    "NEURONS", "CHANNELWISE", "DEPTHWISE", "PASS", "POOL",
+]
