@@ -14,15 +14,15 @@ with ``L`` the mean loss over the batch (so ``g`` already holds the ``1/N``). Th
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
-from ..graph import NeuronGroup
+from ..graph import NEURONS, Consumer, LayerHandler, NeuronGroup
 from ..matrix import min_eigenpairs
 from ..splitting import LayerSplitting
 
-__all__ = ["custom_splitting_matrices", "custom_layer_splitting"]
+__all__ = ["custom_splitting_matrices", "custom_layer_splitting", "custom_group", "CustomNeuronHandler"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +59,38 @@ def custom_splitting_matrices(neuron_fn: NeuronFn, theta: torch.Tensor, inputs: 
     return 0.5 * (matrices + matrices.transpose(1, 2))
 
 
-def custom_layer_splitting(name: str, matrices: torch.Tensor, kind: str, keep_matrices: bool = True) -> LayerSplitting:
+class CustomNeuronHandler(LayerHandler):
+    """Layer handler of custom neurons: splittable by the surgery, not found by ``compute_splitting``.
+
+    Their splitting matrices come from :func:`custom_splitting_matrices` (the neuron is nonlinear in
+    its own parameters, so eq. 3's ``x~ x~^T`` form does not apply). A subclass gives
+    :meth:`~nni_splitting.graph.LayerHandler.neuron_parameters` and
+    :meth:`~nni_splitting.graph.LayerHandler.set_neuron_parameters`; register it with
+    :func:`~nni_splitting.graph.register_layer_handler` and :func:`~nni_splitting.apply_splits`
+    splits the neurons (``theta_j +- eps v_j``) and widens their consumers (``w_j / 2`` twice).
+    """
+
+    default_role = NEURONS
+
+    def exclusion(self, module):
+        return "custom neurons: their splitting matrices come from nni_splitting.paper.neurons"
+
+
+def custom_group(name: str, kind: str, consumers: Sequence[str] = ()) -> NeuronGroup:
+    """The :class:`NeuronGroup` of a custom neuron layer ``name`` whose outputs feed ``consumers`` directly."""
+    return NeuronGroup(layer=name, kind=kind, input_node="", pre_bn=None, preactivation_node="", activation_node="",
+                       consumers=[Consumer(c) for c in consumers])
+
+
+def custom_layer_splitting(name: str, matrices: torch.Tensor, kind: str, keep_matrices: bool = True,
+                           consumers: Sequence[str] = ()) -> LayerSplitting:
     """Wrap custom splitting matrices as the product's :class:`~nni_splitting.LayerSplitting`.
 
     The eigen-decomposition is the product's :func:`~nni_splitting.matrix.min_eigenpairs`, so the
-    result plugs into :func:`~nni_splitting.select_neurons`. Its ``group`` only names the layer (the
-    product's :func:`~nni_splitting.apply_splits` does not know custom neurons: use the experiment's
-    own surgery).
+    result plugs into :func:`~nni_splitting.select_neurons`; with the layer's ``consumers`` named
+    (and a :class:`CustomNeuronHandler` registered for its class) it plugs into
+    :func:`~nni_splitting.apply_splits` too.
     """
     eigenvalues, directions = min_eigenpairs(matrices)
-    group = NeuronGroup(layer=name, kind=kind, input_node="", pre_bn=None, preactivation_node="", activation_node="")
-    return LayerSplitting(name, eigenvalues, directions, group, activation=kind,
+    return LayerSplitting(name, eigenvalues, directions, custom_group(name, kind, consumers), activation=kind,
                           matrices=matrices if keep_matrices else None)

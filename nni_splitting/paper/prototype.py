@@ -40,12 +40,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..graph import register_layer_handler, replace_tensor
 from ..selection import select_neurons
 from ..splitting import LayerSplitting
-from .neurons import custom_layer_splitting, custom_splitting_matrices
+from ..surgery import split_group
+from .neurons import CustomNeuronHandler, custom_group, custom_layer_splitting, custom_splitting_matrices
 
 __all__ = [
-    "FEATURES", "LossWeights", "PrototypeNet", "prototype_loss", "prototype_splitting", "split_prototypes",
+    "FEATURES", "LossWeights", "PrototypeLayer", "PrototypeHandler", "PrototypeNet", "prototype_loss", "prototype_splitting", "split_prototypes",
     "train_prototype_net", "fit_classifier", "evaluate_prototype_net", "SplitTree", "grow_prototypes", "probe_split_step",
     "mnist_unit_interval",
 ]
@@ -82,6 +84,36 @@ def _decoder(channels: int, latent_channels: int) -> nn.Sequential:
     return nn.Sequential(OrderedDict(layers))  # 2 -> 4 -> 7 -> 14 -> 28
 
 
+class PrototypeLayer(nn.Module):
+    """The prototypes ``p_j`` (rows of ``weight``, ``[m, D]``) and their squared distances to codes ``z``."""
+
+    def __init__(self, num_prototypes: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(num_prototypes, dim))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``d_{n,j} = ||z_n - p_j||^2``: ``[N, m]``."""
+        return ((z[:, None, :] - self.weight[None]) ** 2).sum(-1)
+
+
+class PrototypeHandler(CustomNeuronHandler):
+    """Layer handler of :class:`PrototypeLayer`: neuron ``j`` is ``theta_j = p_j``."""
+
+    kind = "prototype"
+
+    def neuron_parameters(self, module):
+        return module.weight.detach()
+
+    def set_neuron_parameters(self, module, theta):
+        replace_tensor(module, "weight", theta)
+
+
+register_layer_handler(PrototypeLayer, PrototypeHandler())
+
+#: The prototypes' neuron group in :class:`PrototypeNet`: their features feed ``classifier``.
+PROTOTYPE_GROUP = custom_group("prototype_layer", "prototype", consumers=["classifier"])
+
+
 class PrototypeNet(nn.Module):
     """Li et al.'s prototype network on 1x28x28 images in ``[0, 1]``.
 
@@ -112,8 +144,13 @@ class PrototypeNet(nn.Module):
         self.encoder = _encoder(channels, latent_channels)
         self.decoder = _decoder(channels, latent_channels)
         self.latent_shape = (latent_channels, 2, 2)
-        self.prototypes = nn.Parameter(torch.rand(num_prototypes, latent_channels * 4))
+        self.prototype_layer = PrototypeLayer(num_prototypes, latent_channels * 4)
         self.classifier = nn.Linear(num_prototypes, num_classes, bias=False)
+
+    @property
+    def prototypes(self) -> nn.Parameter:
+        """The prototypes ``[m, latent_dim]`` (``prototype_layer.weight``)."""
+        return self.prototype_layer.weight
 
     @property
     def num_prototypes(self) -> int:
@@ -129,7 +166,7 @@ class PrototypeNet(nn.Module):
 
     def distances(self, z: torch.Tensor) -> torch.Tensor:
         """``d_{n,j} = ||z_n - p_j||^2``: ``[N, m]``."""
-        return ((z[:, None, :] - self.prototypes[None]) ** 2).sum(-1)
+        return self.prototype_layer(z)
 
     def features(self, d: torch.Tensor) -> torch.Tensor:
         """The prototype neurons' outputs from the squared distances."""
@@ -195,6 +232,7 @@ def prototype_splitting(net: PrototypeNet, loader: DataLoader, weights: LossWeig
     if matrices is None:
         raise ValueError("the loader is empty: no data for the splitting matrices")
     splits = custom_layer_splitting("prototypes", matrices / total, kind=f"prototype/{net.feature}")
+    splits.group = custom_group(PROTOTYPE_GROUP.layer, f"prototype/{net.feature}", ["classifier"])  # for apply_splits
     if net.feature == "distance":
         generator = torch.Generator().manual_seed(seed)
         directions = torch.randn(splits.directions.shape, generator=generator, dtype=splits.directions.dtype)
@@ -214,19 +252,8 @@ def split_prototypes(net: PrototypeNet, indices: Sequence[int], directions: torc
         raise ValueError(f"indices {indices!r} must be distinct prototypes of a layer with {m} prototypes")
     if not math.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"epsilon={epsilon!r} must be a finite number >= 0")
-    grown = copy.deepcopy(net)
-    index = torch.tensor(indices, dtype=torch.long)
-    with torch.no_grad():
-        p = net.prototypes.detach().clone()
-        step = epsilon * torch.as_tensor(directions, dtype=p.dtype).reshape(len(indices), -1)
-        minus = p[index] - step
-        p[index] = p[index] + step
-        w = net.classifier.weight.detach().clone()
-        w[:, index] = w[:, index] / 2
-        grown.prototypes = nn.Parameter(torch.cat([p, minus]))
-        grown.classifier = nn.Linear(m + len(indices), w.shape[0], bias=False, dtype=w.dtype, device=w.device)
-        grown.classifier.weight.copy_(torch.cat([w, w[:, index]], dim=1))
-    return grown
+    directions = torch.as_tensor(directions, dtype=net.prototypes.dtype).reshape(len(indices), -1)
+    return split_group(net, PROTOTYPE_GROUP, indices, directions, epsilon)  # PrototypeHandler + Linear widening
 
 
 def train_prototype_net(net: PrototypeNet, dataset: TensorDataset, epochs: int, lr: float = 2e-3,

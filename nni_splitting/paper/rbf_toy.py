@@ -27,10 +27,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..models import RBFNet
+from ..graph import register_layer_handler, replace_tensor
+from ..models import RBFLayer, RBFNet
 from ..selection import select_neurons
 from ..splitting import LayerSplitting
-from .neurons import custom_layer_splitting, custom_splitting_matrices
+from ..surgery import split_group
+from .neurons import CustomNeuronHandler, custom_group, custom_layer_splitting, custom_splitting_matrices
 
 __all__ = [
     "TARGET", "METHODS", "target_function", "make_data", "rbf_neuron", "rbf_loss", "rbf_splitting",
@@ -89,7 +91,26 @@ def rbf_splitting(model: RBFNet, x: torch.Tensor, y: torch.Tensor) -> LayerSplit
     loss = 0.5 * ((model.output(phi) - y) ** 2).mean()
     (upstream,) = torch.autograd.grad(loss, phi)
     matrices = custom_splitting_matrices(rbf_neuron, _theta(model), x, upstream)
-    return custom_layer_splitting("rbf", matrices, kind="rbf")
+    return custom_layer_splitting("rbf", matrices, kind="rbf", consumers=["output"])
+
+
+class RBFHandler(CustomNeuronHandler):
+    """Layer handler of :class:`~nni_splitting.models.RBFLayer`: neuron ``i`` is ``theta_i = (mu_i, log s_i)``."""
+
+    kind = "rbf"
+
+    def neuron_parameters(self, module):
+        return torch.stack([module.centers.detach(), module.log_widths.detach()], dim=1)
+
+    def set_neuron_parameters(self, module, theta):
+        replace_tensor(module, "centers", theta[:, 0])
+        replace_tensor(module, "log_widths", theta[:, 1])
+
+
+register_layer_handler(RBFLayer, RBFHandler())
+
+#: The RBF layer's neuron group in :class:`~nni_splitting.models.RBFNet`: its outputs feed ``output``.
+RBF_GROUP = custom_group("rbf", "rbf", consumers=["output"])
 
 
 def _rebuild(model: RBFNet, theta: torch.Tensor, weight: torch.Tensor) -> RBFNet:
@@ -114,12 +135,9 @@ def split_rbf(model: RBFNet, indices: Sequence[int], directions: torch.Tensor, e
     if any(not 0 <= i < n for i in indices) or len(set(indices)) != len(indices):
         raise ValueError(f"indices {indices!r} must be distinct neurons of an RBF layer with {n} neurons")
     directions = torch.as_tensor(directions, dtype=DTYPE).reshape(len(indices), 2)
-    theta, weight = _theta(model).clone(), model.output.weight.detach().clone()
-    index = torch.tensor(indices, dtype=torch.long)
-    minus = theta[index] - epsilon * directions
-    theta[index] = theta[index] + epsilon * directions
-    weight[:, index] = weight[:, index] / 2
-    return _rebuild(model, torch.cat([theta, minus]), torch.cat([weight, weight[:, index]], dim=1))
+    grown = split_group(model, RBF_GROUP, indices, directions, epsilon).to(DTYPE)  # RBFHandler + Linear widening
+    grown.widths = [grown.rbf.out_features]
+    return grown
 
 
 def add_rbf_neuron(model: RBFNet, mu: float, log_width: float, amplitude: float) -> RBFNet:
