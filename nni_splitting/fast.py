@@ -46,6 +46,7 @@ __all__ = [
     "full_precision",
     "lobpcg_min",
     "solve_min_eigenpairs",
+    "solve_max_eigenpairs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,13 +67,18 @@ def check_fast_options(options: Optional[dict]) -> dict:
     Keys: ``tol`` (residual tolerance, relative to the neuron's ``||S_j||`` estimate, in ``(0, 1)``),
     ``max_iter`` (LOBPCG iterations, >= 1), ``min_iter`` (iterations before a neuron may stop, >= 0),
     ``block`` (vectors per neuron, >= 1), ``seed`` (of the
-    random start), ``chunk_elements`` (largest temporary of a product, in elements) and
-    ``exact_max_d`` (``method="auto"``'s threshold, default :data:`AUTO_EXACT_MAX_D`).
+    random start), ``chunk_elements`` (largest temporary of a product, in elements),
+    ``exact_max_d`` (``method="auto"``'s threshold, default :data:`AUTO_EXACT_MAX_D`) and
+    ``largest`` (also solve for ``lambda_max`` / ``v_max``, default ``True``: a second LOBPCG on
+    ``-S``, about as long as the first; ``False`` leaves them ``None``).
     """
     options = dict(options or {})
-    unknown = sorted(set(options) - set(FAST_DEFAULTS) - {"exact_max_d"})
+    extra = ["exact_max_d", "largest"]
+    unknown = sorted(set(options) - set(FAST_DEFAULTS) - set(extra))
     if unknown:
-        raise ValueError(f"unknown fast_options {unknown}; known: {sorted(FAST_DEFAULTS) + ['exact_max_d']}")
+        raise ValueError(f"unknown fast_options {unknown}; known: {sorted(FAST_DEFAULTS) + extra}")
+    if not isinstance(options.get("largest", True), bool):
+        raise ValueError(f"fast_options largest={options['largest']!r} must be True or False")
     merged = {**FAST_DEFAULTS, **options}
     tol = merged["tol"]
     if not isinstance(tol, (int, float)) or not 0 < tol < 1:
@@ -431,3 +437,24 @@ def solve_min_eigenpairs(operator: SplittingOperator, tol: float = FAST_DEFAULTS
                 "%.1f products per neuron, %.2f s", report["num"], operator.dim, report["converged"], report["num"],
                 report["iterations"], report["mean_iterations"], report["matvecs"], report["seconds"])
     return values, vectors, report
+
+
+def solve_max_eigenpairs(operator: SplittingOperator, tol: float = FAST_DEFAULTS["tol"],
+                         max_iter: int = FAST_DEFAULTS["max_iter"], block: int = FAST_DEFAULTS["block"],
+                         seed: int = FAST_DEFAULTS["seed"], chunk_elements: Optional[int] = None,
+                         min_iter: int = FAST_DEFAULTS["min_iter"]
+                         ) -> Tuple[torch.Tensor, torch.Tensor, dict]:
+    """``lambda_max(S_j)`` and ``v_max(S_j)`` of every neuron: LOBPCG for the smallest of ``-S_j`` (``[O]``, ``[O, d]``, report)."""
+    if chunk_elements is not None:
+        operator.chunk_elements = chunk_elements
+
+    def negated(vectors: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
+        return -operator.matvec(vectors, neurons)  # lambda_max(S) = -lambda_min(-S), same eigenvector
+
+    with full_precision():
+        values, vectors, report = lobpcg_min(negated, operator.num_neurons, operator.dim, dtype=operator.dtype,
+                                             device=operator.device, block=block, tol=tol, max_iter=max_iter,
+                                             min_iter=min(min_iter, max_iter), seed=seed)
+    logger.info("fast splitting (largest): %d neurons, d=%d: %d/%d converged, %.2f s", report["num"], operator.dim,
+                report["converged"], report["num"], report["seconds"])
+    return -values, vectors, report

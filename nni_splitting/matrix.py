@@ -17,7 +17,8 @@ activation ``sigma_2`` before it is mixed linearly, the neuron's output is
     S_j += E_x[ sum_q dL/db_{j,q} * sigma_2''(.) * c'_j^2 * J_{j,q} J_{j,q}^T ],
     J_{j,q} = c_j * sum_k K_{j,k} sigma'(u_{j,q+k}) x~_{q+k}      (the gradient of the depthwise output).
 
-The splitting index is ``lambda_min(S_j)`` and the splitting gradient its unit eigenvector ``v_min``.
+The splitting index is ``lambda_min(S_j)`` and the splitting gradient its unit eigenvector ``v_min``;
+``lambda_max`` / ``v_max`` are kept too (signed splitting can move offspring along ``v_max``).
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ __all__ = [
     "weighted_gram",
     "depthwise_jacobian",
     "min_eigenpairs",
+    "max_eigenpairs",
+    "extreme_eigenpairs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -163,16 +166,35 @@ def depthwise_jacobian(patches: torch.Tensor, first_derivative: torch.Tensor, sc
     return torch.stack(jacobians, dim=1)
 
 
+def extreme_eigenpairs(matrices: torch.Tensor, chunk: int = 256
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both ends of each spectrum from one ``eigh``: ``lambda_min, v_min, lambda_max, v_max`` (unit vectors).
+
+    ``matrices`` is ``[O, d, d]``; it is symmetrized first. Returns ``([O], [O, d], [O], [O, d])``.
+    ``v_max`` is what signed splitting needs (a neuron may also split along ``+-v_max``).
+    """
+    low, low_vectors, high, high_vectors = [], [], [], []
+    for start in range(0, matrices.shape[0], chunk):
+        block = matrices[start:start + chunk]
+        block = 0.5 * (block + block.transpose(1, 2))
+        eigenvalues, eigenvectors = torch.linalg.eigh(block)  # ascending
+        low.append(eigenvalues[:, 0])
+        low_vectors.append(eigenvectors[:, :, 0])
+        high.append(eigenvalues[:, -1])
+        high_vectors.append(eigenvectors[:, :, -1])
+    return torch.cat(low), torch.cat(low_vectors), torch.cat(high), torch.cat(high_vectors)
+
+
 def min_eigenpairs(matrices: torch.Tensor, chunk: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
     """Splitting indexes ``lambda_min(S_j)`` and splitting gradients ``v_min(S_j)`` (unit norm).
 
     ``matrices`` is ``[O, d, d]``; it is symmetrized first. Returns ``([O], [O, d])``.
     """
-    values, vectors = [], []
-    for start in range(0, matrices.shape[0], chunk):
-        block = matrices[start:start + chunk]
-        block = 0.5 * (block + block.transpose(1, 2))
-        eigenvalues, eigenvectors = torch.linalg.eigh(block)  # ascending
-        values.append(eigenvalues[:, 0])
-        vectors.append(eigenvectors[:, :, 0])
-    return torch.cat(values), torch.cat(vectors)
+    values, vectors, _, _ = extreme_eigenpairs(matrices, chunk)
+    return values, vectors
+
+
+def max_eigenpairs(matrices: torch.Tensor, chunk: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``lambda_max(S_j)`` and its unit eigenvector ``v_max(S_j)``: ``([O], [O, d])``."""
+    _, _, values, vectors = extreme_eigenpairs(matrices, chunk)
+    return values, vectors

@@ -21,9 +21,9 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .activations import DEFAULT_SURROGATE_BETA
-from .fast import AUTO_EXACT_MAX_D, FastLayerData, check_fast_options, solve_min_eigenpairs
+from .fast import AUTO_EXACT_MAX_D, FastLayerData, check_fast_options, solve_max_eigenpairs, solve_min_eigenpairs
 from .graph import NeuronGroup, activation_of_node, find_neuron_groups, handler_for, trace_model
-from .matrix import (DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, min_eigenpairs, neuron_inputs,
+from .matrix import (DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, extreme_eigenpairs, neuron_inputs,
                      neuron_slopes, neuron_weights, weighted_gram)
 
 __all__ = ["LayerSplitting", "compute_splitting", "save_splits", "load_splits", "METHODS"]
@@ -58,7 +58,13 @@ class LayerSplitting:
         ``"exact"`` or ``"fast"``: how this layer was computed.
     convergence : dict or None
         For ``"fast"`` layers, the eigensolver's report (iterations, matrix-vector products,
-        residuals, converged count; see :func:`nni_splitting.fast.solve_min_eigenpairs`).
+        residuals, converged count; see :func:`nni_splitting.fast.solve_min_eigenpairs`); the
+        report of the ``lambda_max`` solve is under ``"largest"``.
+    max_eigenvalues : Tensor ``[n_neurons]`` or None
+        ``lambda_max(S_j)``, the other end of each spectrum (for signed splitting); ``None`` in
+        results saved before it existed, or with ``fast_options={"largest": False}``.
+    max_directions : Tensor ``[n_neurons, d]`` or None
+        ``v_max(S_j)``, unit norm.
     """
 
     layer: str
@@ -69,20 +75,28 @@ class LayerSplitting:
     matrices: Optional[torch.Tensor] = None
     method: str = "exact"
     convergence: Optional[dict] = None
+    max_eigenvalues: Optional[torch.Tensor] = None
+    max_directions: Optional[torch.Tensor] = None
 
     @property
     def num_neurons(self) -> int:
         return int(self.eigenvalues.numel())
 
     def state_dict(self) -> dict:
-        return {"layer": self.layer, "eigenvalues": self.eigenvalues.detach().cpu(),
-                "directions": self.directions.detach().cpu(), "group": self.group.to_dict(),
-                "activation": self.activation}
+        state = {"layer": self.layer, "eigenvalues": self.eigenvalues.detach().cpu(),
+                 "directions": self.directions.detach().cpu(), "group": self.group.to_dict(),
+                 "activation": self.activation}
+        if self.max_eigenvalues is not None and self.max_directions is not None:
+            state["max_eigenvalues"] = self.max_eigenvalues.detach().cpu()
+            state["max_directions"] = self.max_directions.detach().cpu()
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "LayerSplitting":
+        """Read :meth:`state_dict`; files written before ``max_eigenvalues`` existed load with ``None`` there."""
         return cls(state["layer"], state["eigenvalues"], state["directions"],
-                   NeuronGroup.from_dict(state["group"]), state.get("activation", ""))
+                   NeuronGroup.from_dict(state["group"]), state.get("activation", ""),
+                   max_eigenvalues=state.get("max_eigenvalues"), max_directions=state.get("max_directions"))
 
 
 def save_splits(splits: Dict[str, LayerSplitting], path: Union[str, Path]) -> None:
@@ -194,13 +208,15 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
     keep_matrices : bool
         Also return the splitting matrices ``S_j`` (``LayerSplitting.matrices``) of the exact layers.
     fast_options : dict, optional
-        Options of the fast eigensolver (``tol``, ``max_iter``, ``block``, ``seed``, ``chunk_elements``)
-        and ``exact_max_d`` for ``"auto"``; see :func:`nni_splitting.fast.check_fast_options`.
+        Options of the fast eigensolver (``tol``, ``max_iter``, ``block``, ``seed``, ``chunk_elements``),
+        ``exact_max_d`` for ``"auto"`` and ``largest`` (also ``lambda_max`` / ``v_max`` by a second
+        LOBPCG, default ``True``); see :func:`nni_splitting.fast.check_fast_options`.
 
     Returns
     -------
     dict
-        ``{layer name: LayerSplitting}`` for every candidate layer, in graph order.
+        ``{layer name: LayerSplitting}`` for every candidate layer, in graph order; each also carries
+        ``lambda_max`` / ``v_max`` (``max_eigenvalues`` / ``max_directions``) from the same method.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
@@ -250,7 +266,7 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
                     | {g.depthwise_activation_node for g in groups.values() if g.depthwise_activation_node})
 
     matrices: Dict[str, List[torch.Tensor]] = {name: [] for name in groups}
-    fast_results: Dict[str, Tuple[torch.Tensor, torch.Tensor, dict]] = {}
+    fast_results: Dict[str, Tuple[torch.Tensor, torch.Tensor, dict, Optional[Tuple[torch.Tensor, torch.Tensor, dict]]]] = {}
     for number, work in enumerate(passes):
         exact_work = [(name, chunk) for name, chunk in work if chunk is not None]
         sums = {(name, chunk.start): torch.zeros(chunk.stop - chunk.start, sizes[name][1], sizes[name][1],
@@ -275,38 +291,46 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
             matrices[name].append(sums[(name, chunk.start)] / total)
         del sums
         for name in list(caches):  # one layer's data at a time from here on
-            fast_results[name] = solve_min_eigenpairs(caches.pop(name).operator(), **_solver_options(options))
+            operator = caches.pop(name).operator()
+            smallest = solve_min_eigenpairs(operator, **_solver_options(options))
+            largest = solve_max_eigenpairs(operator, **_solver_options(options)) if options.get("largest", True) else None
+            fast_results[name] = (*smallest, largest)
+            del operator
 
     results: Dict[str, LayerSplitting] = {}
     for name, group in groups.items():
         activation = specs[name].name + (f" -> {groups[name].depthwise} -> {specs2[name].name}" if name in specs2 else "")
         if methods[name] == "fast":
-            eigenvalues, directions, report = fast_results[name]
-            results[name] = LayerSplitting(name, eigenvalues, directions, group, activation, None, "fast", report)
+            eigenvalues, directions, report, largest = fast_results[name]
+            top, top_directions = (None, None) if largest is None else largest[:2]
+            if largest is not None:
+                report = {**report, "largest": largest[2]}
+            results[name] = LayerSplitting(name, eigenvalues, directions, group, activation, None, "fast", report,
+                                           top, top_directions)
             continue
         full = torch.cat(matrices[name])
-        eigenvalues, directions = _robust_min_eigenpairs(full)
+        eigenvalues, directions, top, top_directions = _robust_eigenpairs(full)
         results[name] = LayerSplitting(name, eigenvalues, directions, group, activation,
-                                       0.5 * (full + full.transpose(1, 2)) if keep_matrices else None)
+                                       0.5 * (full + full.transpose(1, 2)) if keep_matrices else None,
+                                       max_eigenvalues=top, max_directions=top_directions)
     return results
 
 
-def _robust_min_eigenpairs(full: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """:func:`min_eigenpairs`, retried in float64 when LAPACK's float32 ``eigh`` fails to converge.
+def _robust_eigenpairs(full: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`extreme_eigenpairs`, retried in float64 when LAPACK's float32 ``eigh`` fails to converge.
 
     That happens on float32 matrices with many repeated eigenvalues (dead input channels give zero
     rows and columns); the float64 result is cast back to the matrices' dtype.
     """
     try:
-        return min_eigenpairs(full)
+        return extreme_eigenpairs(full)
     except torch.linalg.LinAlgError as error:
         logger.warning("eigh failed in %s (%s); retrying in float64", full.dtype, str(error).split(":")[0])
-        eigenvalues, directions = min_eigenpairs(full.double())
-        return eigenvalues.to(full.dtype), directions.to(full.dtype)
+        return tuple(t.to(full.dtype) for t in extreme_eigenpairs(full.double()))
 
 
 def _solver_options(options: dict) -> dict:
-    return {k: v for k, v in options.items() if k != "exact_max_d"}
+    return {k: v for k, v in options.items() if k not in ("exact_max_d", "largest")}
 
 
 def _batch_size(targets: torch.Tensor) -> int:

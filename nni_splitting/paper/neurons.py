@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..graph import NEURONS, Consumer, LayerHandler, NeuronGroup
-from ..matrix import min_eigenpairs
+from ..matrix import extreme_eigenpairs
 from ..splitting import LayerSplitting
 
 __all__ = ["custom_splitting_matrices", "custom_layer_splitting", "custom_group", "CustomNeuronHandler"]
@@ -86,11 +86,11 @@ def custom_layer_splitting(name: str, matrices: torch.Tensor, kind: str, keep_ma
                            consumers: Sequence[str] = ()) -> LayerSplitting:
     """Wrap custom splitting matrices as the product's :class:`~nni_splitting.LayerSplitting`.
 
-    The eigen-decomposition is the product's :func:`~nni_splitting.matrix.min_eigenpairs`, so the
+    The eigen-decomposition is the product's :func:`~nni_splitting.matrix.extreme_eigenpairs`, so the
     result plugs into :func:`~nni_splitting.select_neurons`; with the layer's ``consumers`` named
     (and a :class:`CustomNeuronHandler` registered for its class) it plugs into
     :func:`~nni_splitting.apply_splits` too.
     """
-    eigenvalues, directions = min_eigenpairs(matrices)
+    eigenvalues, directions, top, top_directions = extreme_eigenpairs(matrices)
     return LayerSplitting(name, eigenvalues, directions, custom_group(name, kind, consumers), activation=kind,
-                          matrices=matrices if keep_matrices else None)
+                          matrices=matrices if keep_matrices else None, max_eigenvalues=top, max_directions=top_directions)
