@@ -162,3 +162,45 @@ def test_register_tuner_by_name(tmp_path):
     meta = json.loads(show.stdout[show.stdout.index("{"):])
     assert meta["className"] == "nni_splitting.tuner.SplittingTuner"
     assert meta["classArgsValidator"] == "nni_splitting.tuner.SplittingClassArgsValidator"
+
+
+def _lineage(base):
+    """``{step: (widths, split plan)}`` of the succeeded growth trials."""
+    done = [t for t in ex.read_trials(base) if t["status"] == "SUCCEEDED"]
+    return {t["result"]["step"]: (t["result"]["widths"], json.dumps(t["parameters"].get("split_plan"), sort_keys=True))
+            for t in done}
+
+
+def test_stop_mid_trial_then_resume_ends_with_the_uninterrupted_lineage(tmp_path):
+    """Issue 13 item 2: ``nnictl stop`` while a growth trial trains, ``nnictl resume``: same lineage as a clean run."""
+    reference_dir, resumed_dir = tmp_path / "clean", tmp_path / "resumed"
+    lineages = {}
+    for name, folder in (("clean", reference_dir), ("resumed", resumed_dir)):
+        folder.mkdir()
+        path = _short_config(folder, max_steps=2)
+        config = ex.load_config(path)
+        config["tuner"]["classArgs"]["trial"].update(epochs=12)  # a child long enough to stop mid-training
+        config["tuner"]["classArgs"]["resume_timeout"] = 120
+        path = ex.write_config(config, path)
+        port = ex.free_port(start=24000 + os.getpid() % 20000 + (0 if name == "clean" else 40))
+        experiment_id = ex.create(path, port, env=ex.venv_env())
+        base = ex.rest_url(port)
+        try:
+            if name == "resumed":
+                victim = None
+                for _ in range(1200):  # stop while the step-1 trial is training (it has reported an epoch)
+                    running = [t for t in ex.read_trials(base) if t["status"] == "RUNNING"
+                               and t["parameters"].get("step") == 1]
+                    if running and ex.rest(base, f"metric-data/{running[0]['id']}"):
+                        victim = running[0]
+                        break
+                    time.sleep(0.1)
+                assert victim is not None, "the step-1 trial never started training"
+                assert ex.stop(experiment_id)
+                assert nnictl.resume(experiment_id, port) == port
+            assert ex.wait(base, timeout=420) == "DONE"
+            lineages[name] = _lineage(base)
+        finally:
+            ex.stop(experiment_id)
+    assert sorted(lineages["clean"]) == [0, 1, 2]
+    assert lineages["resumed"] == lineages["clean"]
