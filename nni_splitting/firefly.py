@@ -47,11 +47,13 @@ from .graph import NeuronGroup, find_neuron_groups, trace_model
 from .splitting import LayerSplitting
 from .surgery import apply_splits
 
-__all__ = ["FireflyLayer", "compute_firefly", "apply_firefly", "split_plan", "KINDS"]
+__all__ = ["FireflyLayer", "compute_firefly", "apply_firefly", "split_plan", "KINDS", "SCORE_SCALE"]
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("split", "new")
+#: Default gate ``t`` of the scores (see :func:`compute_firefly`).
+SCORE_SCALE = 1e-2
 
 
 @dataclass
@@ -237,6 +239,17 @@ def _neuron_rows(layer: nn.Module) -> torch.Tensor:
     return torch.cat([flat, layer.bias.detach()[:, None]], dim=1) if layer.bias is not None else flat
 
 
+def _effective_norms(model: nn.Module, group: NeuronGroup) -> torch.Tensor:
+    """``||theta_j||`` times the BatchNorm scale ``|gamma_j| / sqrt(var_j + eps)`` of the layer's pre-activation BN."""
+    norms = _neuron_rows(model.get_submodule(group.layer)).norm(dim=1)
+    if group.pre_bn:
+        bn = model.get_submodule(group.pre_bn)
+        if bn.running_var is not None:
+            scale = 1.0 / torch.sqrt(bn.running_var.detach() + bn.eps)
+            norms = norms * (scale * bn.weight.detach().abs() if bn.weight is not None else scale)
+    return norms
+
+
 def _unit(rows: torch.Tensor) -> torch.Tensor:
     norms = rows.norm(dim=-1, keepdim=True)
     return torch.where(norms > 0, rows / norms.clamp_min(1e-300), rows)
@@ -246,8 +259,8 @@ def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
                     batches: Iterable, *, layers: Optional[Sequence[str]] = None, epsilon: float = EPSILON,
                     new_epsilon: Optional[float] = None, new_neurons=None, kinds: Sequence[str] = KINDS,
                     steps: Optional[int] = None, score_batches: Optional[int] = None, lr: float = 0.5,
-                    input_scale: float = 1.0, seed: int = 0, max_batches: Optional[int] = None
-                    ) -> Dict[str, FireflyLayer]:
+                    input_scale: float = 1.0, score_scale: float = SCORE_SCALE, seed: int = 0,
+                    max_batches: Optional[int] = None) -> Dict[str, FireflyLayer]:
     """Score the Firefly candidates (splits and new neurons) of every splittable layer.
 
     Parameters
@@ -273,7 +286,12 @@ def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
     lr : float
         Step of the normalised, projected gradient descent as a fraction of each perturbation's norm.
     input_scale : float
-        Norm of a new neuron's input weights relative to the mean norm of the layer's neurons.
+        Norm of a new neuron's input weights relative to the mean norm of the layer's neurons (each
+        times its BatchNorm scale ``|gamma| / sqrt(var + eps)`` when a BatchNorm follows the layer: a new
+        channel's BatchNorm is the identity), so that its pre-activation is as large as theirs.
+    score_scale : float
+        The gate ``t`` at which the fitted perturbations are scored (all at once), in ``(0, 1]``: small
+        enough that candidates do not interact, the score extrapolates ``t -> 1`` by the candidate's order.
     seed : int
         Seed of the initial perturbations.
 
@@ -287,6 +305,9 @@ def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
     _check_positive("new_epsilon", new_epsilon)
     _check_positive("lr", lr)
     _check_positive("input_scale", input_scale)
+    _check_positive("score_scale", score_scale)
+    if score_scale > 1:
+        raise ValueError(f"score_scale={score_scale!r} must be in (0, 1]")
     if isinstance(kinds, str) or not kinds or set(kinds) - set(KINDS):
         raise ValueError(f"kinds={kinds!r} must be a non-empty list of {KINDS}")
     data = _materialize(batches, max_batches)
@@ -323,7 +344,7 @@ def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
             p[f"delta:{name}"] = epsilon * _unit(torch.randn(rows.shape, generator=generator, dtype=torch.float64))
             radius[f"delta:{name}"] = epsilon
         if counts[name]:
-            scale = input_scale * (float(rows.norm(dim=1).mean()) or 1.0)
+            scale = input_scale * (float(_effective_norms(model, groups[name]).mean()) or 1.0)
             p[f"input:{name}"] = scale * _unit(torch.randn(counts[name], rows.shape[1], generator=generator,
                                                            dtype=torch.float64))
             radius[f"input:{name}"] = scale
@@ -334,13 +355,13 @@ def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
                                                                     dtype=torch.float64)
     p = {k: v.to(dtype=dtype, device=device).requires_grad_(True) for k, v in p.items()}
 
-    def gradients(batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        loss = augmented.loss(p, loss_fn, prepare(batch[0]), batch[1].to(device))
-        grads = torch.autograd.grad(loss, list(p.values()), allow_unused=True)
-        return loss, {k: (g if g is not None else torch.zeros_like(p[k])) for k, g in zip(p, grads)}
+    def gradients(batch, values: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        loss = augmented.loss(values, loss_fn, prepare(batch[0]), batch[1].to(device))
+        grads = torch.autograd.grad(loss, list(values.values()), allow_unused=True)
+        return {k: (g if g is not None else torch.zeros_like(values[k])) for k, g in zip(values, grads)}
 
     for step in range(fit):
-        _, grads = gradients(data[step % len(data)])
+        grads = gradients(data[step % len(data)], p)
         rate = lr / math.sqrt(1.0 + step)
         with torch.no_grad():
             for key, value in p.items():
@@ -353,24 +374,26 @@ def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
                     continue
                 flat = torch.cat([p[k].reshape(counts[name], -1) for k in keys], dim=1)
                 grad = torch.cat([grads[k].reshape(counts[name], -1) for k in keys], dim=1)
-                moved = flat - rate * new_epsilon * _unit(grad)
-                moved = new_epsilon * _unit(moved)
+                moved = new_epsilon * _unit(flat - rate * new_epsilon * _unit(grad))
                 offset = 0
                 for k in keys:
                     size = p[k][0].numel()
                     p[k].copy_(moved[:, offset:offset + size].reshape(p[k].shape))
                     offset += size
-    # Delta L_c ~= <p_c, grad_{p_c} L> / k_c   (k = 2 for a split, 1 for a new neuron's outgoing h)
-    totals = {k: torch.zeros(v.shape[0], dtype=torch.float64) for k, v in p.items()
-              if k.startswith(("delta:", "output:"))}
+    # Scores at the gate t = score_scale on every candidate (q = t p: no interactions), extrapolated to t = 1:
+    # Delta L_c ~= <q_c, grad_{q_c} L(f_q)> / (k_c t^k_c)   (k = 2 for a split delta, 1 for a new neuron's h)
+    gated = {k: k.startswith(("delta:", "output:")) for k in p}
+    totals = {k: torch.zeros(v.shape[0], dtype=torch.float64) for k, v in p.items() if gated[k]}
     weight_sum = 0
     for batch in scoring:
-        _, grads = gradients(batch)
+        values = {k: (score_scale * v.detach() if gated[k] else v.detach()).requires_grad_(True) for k, v in p.items()}
+        grads = gradients(batch, values)
         size = int(batch[1].shape[0]) if batch[1].dim() else 1
         weight_sum += size
         for key in totals:
-            value = (p[key].detach() * grads[key]).reshape(p[key].shape[0], -1).sum(1)
-            totals[key] += size * value.double().cpu() / (2.0 if key.startswith("delta:") else 1.0)
+            order = 2 if key.startswith("delta:") else 1
+            value = (values[key].detach() * grads[key]).reshape(p[key].shape[0], -1).sum(1)
+            totals[key] += size * value.double().cpu() / (order * score_scale ** order)
     results: Dict[str, FireflyLayer] = {}
     for name, group in groups.items():
         n = widths[name]

@@ -1,0 +1,150 @@
+"""Growth strategies: one interface, ``score candidates -> select under a budget -> apply``, by name.
+
+* ``"s2d"`` (:class:`S2DStrategy`): splitting steepest descent (Liu, Wu & Wang 2019): the scores
+  are the splitting indexes ``lambda_min`` of :func:`~nni_splitting.splitting.compute_splitting`,
+  a split moves the loss by ``epsilon**2 lambda_min / 2``; applied by :func:`~nni_splitting.surgery.apply_splits`.
+* ``"firefly"`` (:class:`FireflyStrategy`): Firefly descent (Wu, Liu, Stone & Liu 2020): splits and new
+  neurons with fitted perturbations, scored by the predicted loss change
+  ``<p_c, grad_{p_c} L> / k_c`` (:func:`~nni_splitting.firefly.compute_firefly`); applied by
+  :func:`~nni_splitting.firefly.apply_firefly`.
+
+Both return scores keyed by layer whose ``eigenvalues`` (lower is better, negative means the loss
+falls) and ``num_neurons`` are what every rule of :mod:`nni_splitting.selection` ranks, so one
+selection (count, ratio, cost budget, energy LP) serves both::
+
+    strategy = make_strategy("firefly", epsilon=0.05)
+    scores = strategy.score(model, loss_fn, batches)
+    plan = strategy.select(scores, "per_cost", costs=neuron_costs(model, x), budget=20_000)
+    grown = strategy.apply(model, scores, plan)
+
+Add one with :func:`register_strategy`.
+"""
+from __future__ import annotations
+
+import abc
+import logging
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Type, Union
+
+import torch.nn as nn
+
+from .activations import DEFAULT_SURROGATE_BETA
+from .defaults import EPSILON, METHOD, SELECTION
+from .firefly import apply_firefly, compute_firefly
+from .selection import select
+from .splitting import compute_splitting
+from .surgery import apply_splits
+
+__all__ = ["GrowthStrategy", "S2DStrategy", "FireflyStrategy", "STRATEGIES", "register_strategy", "make_strategy"]
+
+logger = logging.getLogger(__name__)
+
+Plan = Dict[str, List[int]]
+
+
+class GrowthStrategy(abc.ABC):
+    """How a model grows by one step: :meth:`score`, then :meth:`select`, then :meth:`apply`.
+
+    Subclasses implement :meth:`score` (called once per growth step, on the trained model) and
+    :meth:`apply` (called with the plan :meth:`select` returned); :meth:`select` runs a rule of
+    :mod:`nni_splitting.selection` on the scores and rarely needs overriding.
+    """
+
+    #: The registry name (``STRATEGIES[name]``).
+    name: str = ""
+
+    @abc.abstractmethod
+    def score(self, model: nn.Module, loss_fn: Callable, batches: Iterable,
+              layers: Optional[Sequence[str]] = None) -> Dict[str, object]:
+        """``{layer: scores}``: each with ``eigenvalues`` (one per candidate, lower is better) and ``num_neurons``."""
+
+    def select(self, scores: Mapping[str, object], rule: str = SELECTION, **options) -> Plan:
+        """``{layer: candidate indices}`` by the selection rule ``rule`` (:func:`nni_splitting.selection.select`)."""
+        return select(scores, rule, **options)
+
+    @abc.abstractmethod
+    def apply(self, model: nn.Module, scores: Mapping[str, object], plan: Mapping[str, Sequence[int]]) -> nn.Module:
+        """The grown copy of ``model``."""
+
+    def grow(self, model: nn.Module, loss_fn: Callable, batches: Iterable, rule: str = SELECTION,
+             layers: Optional[Sequence[str]] = None, **options) -> nn.Module:
+        """One step of all three stages (``options`` go to the rule); with an empty plan ``model`` itself is returned."""
+        scores = self.score(model, loss_fn, list(batches), layers=layers)
+        plan = self.select(scores, rule, **options)
+        return self.apply(model, scores, plan) if plan else model
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+class S2DStrategy(GrowthStrategy):
+    """Splitting steepest descent: ``lambda_min`` scores, split along ``v_min`` with step ``epsilon``.
+
+    ``method``, ``surrogate_beta`` and ``options`` (``max_batches``, ``memory_limit``, ``fast_options``, ...)
+    go to :func:`compute_splitting`; ``epsilon`` to :func:`apply_splits`.
+    """
+
+    name = "s2d"
+
+    def __init__(self, epsilon: float = EPSILON, method: str = METHOD,
+                 surrogate_beta: float = DEFAULT_SURROGATE_BETA, **options):
+        self.epsilon, self.method, self.surrogate_beta, self.options = epsilon, method, surrogate_beta, dict(options)
+
+    def score(self, model, loss_fn, batches, layers=None):
+        return compute_splitting(model, loss_fn, batches, method=self.method, layers=layers,
+                                 surrogate_beta=self.surrogate_beta, **self.options)
+
+    def apply(self, model, scores, plan):
+        return apply_splits(model, scores, plan, epsilon=self.epsilon)
+
+
+_FIREFLY_OPTIONS = ("new_epsilon", "new_neurons", "kinds", "steps", "score_batches", "lr", "input_scale", "seed",
+                    "max_batches")
+
+
+class FireflyStrategy(GrowthStrategy):
+    """Firefly descent: splits and new neurons, fitted perturbations, first-order scores.
+
+    ``epsilon`` and ``options`` (:data:`_FIREFLY_OPTIONS`: ``new_epsilon``, ``new_neurons``,
+    ``kinds``, ``steps``, ``score_batches``, ``lr``, ``input_scale``, ``seed``, ``max_batches``) go to
+    :func:`compute_firefly`; ``scale`` to :func:`apply_firefly` (``0``: function preserved).
+    """
+
+    name = "firefly"
+
+    def __init__(self, epsilon: float = EPSILON, scale: float = 1.0, **options):
+        unknown = sorted(set(options) - set(_FIREFLY_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown Firefly option(s) {unknown}; known: {sorted(_FIREFLY_OPTIONS)}")
+        self.epsilon, self.scale, self.options = epsilon, scale, dict(options)
+
+    def score(self, model, loss_fn, batches, layers=None):
+        return compute_firefly(model, loss_fn, batches, layers=layers, epsilon=self.epsilon, **self.options)
+
+    def apply(self, model, scores, plan):
+        return apply_firefly(model, scores, plan, scale=self.scale)
+
+
+#: ``{name: strategy class}``; add one with :func:`register_strategy`.
+STRATEGIES: Dict[str, Type[GrowthStrategy]] = {"s2d": S2DStrategy, "firefly": FireflyStrategy}
+
+
+def register_strategy(name: str, strategy: Type[GrowthStrategy], replace: bool = False) -> None:
+    """Make ``make_strategy(name, ...)`` (and ``SplittingGrower(strategy=name)``) build ``strategy``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"strategy name={name!r} must be a non-empty string")
+    if name in STRATEGIES and not replace:
+        raise ValueError(f"growth strategy {name!r} exists; pass replace=True to replace it")
+    if not (isinstance(strategy, type) and issubclass(strategy, GrowthStrategy)):
+        raise ValueError(f"strategy={strategy!r} is not a GrowthStrategy subclass")
+    STRATEGIES[name] = strategy
+
+
+def make_strategy(strategy: Union[str, GrowthStrategy], **options) -> GrowthStrategy:
+    """A strategy by name (``options`` to its constructor) or an instance as it is (then no options)."""
+    if isinstance(strategy, GrowthStrategy):
+        if options:
+            raise ValueError(f"options {sorted(options)} cannot be given with a strategy instance {strategy!r}")
+        return strategy
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ValueError(f"growth strategy {strategy!r} is not one of {sorted(STRATEGIES)} (or a GrowthStrategy)")
+    return STRATEGIES[strategy](**options)
