@@ -13,13 +13,21 @@ or with another selection rule by name (:data:`nni_splitting.selection.SELECTION
                                       "fraction": 0.3}], evaluator, batches=splitting_batches)
     grown = grower.grow(steps=3)
 
+or with Firefly growth (splits and new neurons, :mod:`nni_splitting.firefly`) as the strategy
+(:mod:`nni_splitting.strategies`; ``method`` stays the splitting matrices' solver of ``"s2d"``)::
+
+    grower = SplittingGrower(model, [{"op_types": ["Conv2d"], "grow_ratio": 0.3}], evaluator,
+                             batches=splitting_batches, strategy="firefly", strategy_options={"steps": 20})
+    grown = grower.grow(steps=3)
+
 Each step runs the stages ``_train -> _compute_splitting -> _select -> _split``; a variant (random
 splitting, new random neurons, ...) overrides one stage.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+import math
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch.nn as nn
 
@@ -28,8 +36,8 @@ from .counting import count_model, neuron_costs
 from .defaults import EPSILON, METHOD, SELECTION, THRESHOLD
 from .graph import find_neuron_groups, trace_model
 from .selection import rule_options, select, split_count
-from .splitting import LayerSplitting, compute_splitting
-from .surgery import apply_splits
+from .splitting import LayerSplitting
+from .strategies import GrowthStrategy, make_strategy
 
 __all__ = ["SplittingGrower", "resolve_config_list"]
 
@@ -149,13 +157,21 @@ class SplittingGrower:
     threshold, epsilon, method, surrogate_beta
         As in :func:`select_neurons`, :func:`apply_splits`, :func:`compute_splitting`; defaults from
         :mod:`nni_splitting.defaults`.
+    strategy : str or GrowthStrategy
+        How candidates are scored and applied (:data:`nni_splitting.strategies.STRATEGIES`):
+        ``"s2d"`` (default: splitting steepest descent with ``epsilon``, ``method`` and
+        ``surrogate_beta``), ``"firefly"`` (splits and new neurons with fitted perturbations,
+        ``epsilon`` their norm) or an instance. The selection (``config_list``) is the same for all.
+    strategy_options : dict, optional
+        More keyword arguments of the named strategy (e.g. Firefly's ``steps``, ``new_neurons``, ``kinds``).
     """
 
     def __init__(self, model: nn.Module, config_list: Sequence[Mapping], evaluator=None,
                  batches: Optional[Iterable] = None, loss_fn: Optional[Callable] = None, *,
                  selection: str = SELECTION, cost: str = "flops", threshold: float = THRESHOLD,
                  epsilon: float = EPSILON, method: str = METHOD, surrogate_beta: float = DEFAULT_SURROGATE_BETA,
-                 train_epochs: int = 1):
+                 train_epochs: int = 1, strategy: Union[str, GrowthStrategy] = "s2d",
+                 strategy_options: Optional[Mapping] = None):
         if batches is None:
             raise ValueError("SplittingGrower needs batches=[(inputs, targets), ...] for the splitting matrices")
         self.batches = list(batches)
@@ -169,12 +185,21 @@ class SplittingGrower:
         self.threshold, self.epsilon, self.method = threshold, epsilon, method
         self.surrogate_beta = surrogate_beta
         self.train_epochs = train_epochs
+        self.strategy = self._make_strategy(strategy, dict(strategy_options or {}))
         self.history: List[dict] = []
         self._evaluator_ready = False
         example = self.batches[0][0]
         groups, _ = find_neuron_groups(trace_model(model, example[:1]), surrogate_beta=surrogate_beta)
         self.configs = resolve_config_list(model, self.config_list, list(groups), selection=selection, cost=cost,
                                            threshold=threshold)
+
+    def _make_strategy(self, strategy, options: dict) -> GrowthStrategy:
+        if isinstance(strategy, GrowthStrategy):
+            return make_strategy(strategy, **options)
+        defaults = {"epsilon": self.epsilon}
+        if strategy == "s2d":
+            defaults.update(method=self.method, surrogate_beta=self.surrogate_beta)
+        return make_strategy(strategy, **{**defaults, **options})
 
     # ---------------------------------------------------------------- stages
     def _train(self, model: nn.Module) -> nn.Module:
@@ -194,9 +219,9 @@ class SplittingGrower:
         return result if isinstance(result, nn.Module) else model
 
     def _compute_splitting(self, model: nn.Module) -> Dict[str, LayerSplitting]:
+        """The strategy's scores of the configs' layers (``LayerSplitting`` for ``"s2d"``)."""
         layers = sorted({n for config in self.configs for n in config["layers"]})
-        return compute_splitting(model, self.loss_fn, self.batches, method=self.method, layers=layers,
-                                 surrogate_beta=self.surrogate_beta)
+        return self.strategy.score(model, self.loss_fn, self.batches, layers=layers)
 
     def _select(self, splits: Dict[str, LayerSplitting], model: Optional[nn.Module] = None) -> Dict[str, List[int]]:
         """Each config's rule on its layers (a layer claimed by an earlier config is not offered again)."""
@@ -216,7 +241,7 @@ class SplittingGrower:
         return plan
 
     def _split(self, model: nn.Module, splits: Dict[str, LayerSplitting], plan: Dict[str, List[int]]) -> nn.Module:
-        return apply_splits(model, splits, plan, epsilon=self.epsilon)
+        return self.strategy.apply(model, splits, plan)
 
     # ---------------------------------------------------------------- loop
     def step(self, model: Optional[nn.Module] = None) -> nn.Module:
@@ -227,11 +252,13 @@ class SplittingGrower:
         grown = self._split(model, splits, plan) if plan else model
         example = self.batches[0][0][:1]
         flops, params = count_model(grown, example)
-        smallest = min(float(s.eigenvalues.min()) for s in splits.values())
+        values = [float(v) for s in splits.values() for v in s.eigenvalues.reshape(-1) if not math.isnan(float(v))]
+        smallest = min(values) if values else math.nan
         self.history.append({"step": len(self.history) + 1, "plan": plan, "splits": sum(map(len, plan.values())),
-                             "min_eigenvalue": smallest, "params": params, "flops": flops})
-        logger.info("growth step %d: %d split(s), min splitting index %.3g, %d params",
-                    len(self.history), self.history[-1]["splits"], smallest, params)
+                             "min_eigenvalue": smallest, "params": params, "flops": flops,
+                             "strategy": self.strategy.name})
+        logger.info("growth step %d (%s): %d neuron(s) added, min score %.3g, %d params", len(self.history),
+                    self.strategy.name, self.history[-1]["splits"], smallest, params)
         return grown
 
     def grow(self, steps: int = 1, final_training: bool = False) -> nn.Module:
@@ -242,6 +269,7 @@ class SplittingGrower:
         for _ in range(steps):
             model = self.step(model)
             if not self.history[-1]["plan"]:
-                logger.info("splitting stable: no neuron selected (threshold %g); stopping", self.threshold)
+                logger.info("no candidate selected (threshold %g): stable under %s; stopping", self.threshold,
+                            self.strategy.name)
                 break
         return self._train(model) if final_training else model

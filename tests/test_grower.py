@@ -61,3 +61,34 @@ def test_plain_training_function_and_bad_config():
         SplittingGrower(model, [{"op_types": ["Conv2d"]}], batches=_batches(1))
     with pytest.raises(ValueError, match="needs batches"):
         SplittingGrower(model, [{"op_types": ["Linear"]}])
+
+
+def test_firefly_strategy_grows_digits_mlp_and_defaults_stay_s2d():
+    from nni_splitting.data import load_dataset
+    from nni_splitting.firefly import FireflyLayer
+    from nni_splitting.models import build_model
+    from nni_splitting.strategies import FireflyStrategy, S2DStrategy
+
+    x, y = load_dataset("digits").train.tensors
+    torch.manual_seed(0)
+    model = build_model("mlp", widths=[6, 6])
+    batches = [(x[i:i + 128], y[i:i + 128]) for i in range(0, 512, 128)]
+    loss = lambda m: nn.functional.cross_entropy(m.eval()(x), y).item()  # noqa: E731
+    seen = []
+    grower = SplittingGrower(model, [{"op_types": ["Linear"], "grow_ratio": 0.25}], lambda m: seen.append(m),
+                             batches=batches, strategy="firefly", strategy_options={"steps": 3, "new_neurons": 2})
+    assert isinstance(grower.strategy, FireflyStrategy) and grower.strategy.epsilon == grower.epsilon
+    grown = grower.grow(steps=2)
+    assert len(seen) == 2 and [h["strategy"] for h in grower.history] == ["firefly", "firefly"]
+    assert [h["splits"] for h in grower.history] == [3, 4]  # round(0.25 * 12), then round(0.25 * 15)
+    widths = grown.features.fc1.out_features + grown.features.fc2.out_features
+    assert widths == 12 + sum(h["splits"] for h in grower.history)
+    assert grower.history[0]["min_eigenvalue"] < 0 and loss(grown) < loss(model)
+    assert isinstance(grower._compute_splitting(grown)["features.fc1"], FireflyLayer)
+    default = SplittingGrower(model, [{"op_types": ["Linear"]}], batches=batches)
+    assert isinstance(default.strategy, S2DStrategy) and default.strategy.method == default.method
+    with pytest.raises(ValueError, match="growth strategy 'nope'"):
+        SplittingGrower(model, [{"op_types": ["Linear"]}], batches=batches, strategy="nope")
+    with pytest.raises(ValueError, match="unknown Firefly option"):
+        SplittingGrower(model, [{"op_types": ["Linear"]}], batches=batches, strategy="firefly",
+                        strategy_options={"method": "fast"})
