@@ -37,6 +37,7 @@ from .counting import count_model, neuron_costs
 from .defaults import EPSILON, METHOD
 from .data import DATASETS, dummy_input, load_dataset, make_loaders
 from .models import build_model, current_widths, scale_widths
+from .offspring import EPSILON_SCALES, SYMMETRY_BREAKING, break_symmetry, scale_directions
 from .splitting import compute_splitting, load_splits, save_splits
 from .storage import INDEX_FILE, SPLITS_FILE, CHECKPOINT_FILE, atomic_save, atomic_write_json, trial_output_dir
 from .surgery import apply_splits
@@ -76,6 +77,9 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "device": "auto",          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     "full_width_multiplier": 1.0,  # the "full" model = this times the model's default widths (the reference of
                                    # params_ratio / flops_ratio, the full arm the pruners start from, uniform's base)
+    "epsilon_scale": "absolute",  # offspring theta +- eps v ("absolute") or +- eps ||theta|| v ("relative")
+    "symmetry_breaking": "none",  # "none", "noise" or "bn_scale" on the appended offspring (nni_splitting.offspring)
+    "symmetry_scale": 0.1,        # its size: noise std / ||theta|| per weight * sqrt(d), or the BN scale's 1 + x
     "retrain_epochs": "matched",  # comparison arms trained from scratch (scratch, uniform, pruned_scratch):
                                   # "matched" = the lineage's total epochs, "round" = one round's `epochs`
 }
@@ -148,6 +152,14 @@ def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"trial.full_width_multiplier must be in (0, 1], got {multiplier!r}")
     if merged["retrain_epochs"] not in ("matched", "round"):
         raise ValueError(f"trial.retrain_epochs must be 'matched' or 'round', got {merged['retrain_epochs']!r}")
+    if merged["epsilon_scale"] not in EPSILON_SCALES:
+        raise ValueError(f"trial.epsilon_scale must be one of {list(EPSILON_SCALES)}, got {merged['epsilon_scale']!r}")
+    if merged["symmetry_breaking"] not in SYMMETRY_BREAKING:
+        raise ValueError(f"trial.symmetry_breaking must be one of {list(SYMMETRY_BREAKING)}, "
+                         f"got {merged['symmetry_breaking']!r}")
+    scale = merged["symmetry_scale"]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"trial.symmetry_scale must be a finite number >= 0, got {scale!r}")
     if merged["split_data"] not in ("train", "val"):
         raise ValueError(f"trial.split_data must be 'train' or 'val', got {merged['split_data']!r}")
     return merged
@@ -195,7 +207,11 @@ def build_network(params: Dict[str, Any], data) -> nn.Module:
     parent, state = load_checkpoint(params["parent_checkpoint"])
     splits = load_splits(params["parent_splits"])
     plan = {k: [int(i) for i in v] for k, v in (params["split_plan"] or {}).items()}
-    model = apply_splits(parent, splits, plan, epsilon=float(params["epsilon"]))
+    old_widths = {layer: int(splits[layer].num_neurons) for layer in plan if layer in splits}
+    scaled = scale_directions(parent, splits, params["epsilon_scale"])
+    model = apply_splits(parent, scaled, plan, epsilon=float(params["epsilon"]))
+    break_symmetry(model, splits, plan, old_widths, params["symmetry_breaking"], float(params["symmetry_scale"]),
+                   seed=int(params["seed"]) + int(params["step"]))
     grown = current_widths(model)
     if params["widths"] is not None and list(params["widths"]) != grown:
         raise RuntimeError(f"splitting {params['split_plan']} of widths {state['widths']} gave {grown}, "

@@ -154,3 +154,19 @@ def test_full_width_multiplier_sets_the_reference_of_the_ratios(tmp_path):
     assert half["params"] == whole["params"] and half["params_ratio"] > 2.5 * whole["params_ratio"]
     with pytest.raises(ValueError, match="full_width_multiplier"):
         resolve_params({"full_width_multiplier": 2})
+
+
+@pytest.mark.parametrize("settings", [{"epsilon_scale": "relative", "epsilon": 0.05},
+                                      {"symmetry_breaking": "noise"}, {"symmetry_breaking": "bn_scale"}])
+def test_child_network_uses_the_offspring_settings(seed_run, settings):
+    """The ablation levers reach the trial's network: the grown weights differ from the plain split's."""
+    from nni_splitting.trial import build_network
+    _, _, seed = seed_run
+    info = json.loads(Path(seed["indexes"]).read_text())
+    layer = info["width_layers"][1]
+    base = dict(FAST, step=1, parent_checkpoint=seed["checkpoint"], parent_splits=seed["splits"],
+                split_plan={layer: [0, 1]}, widths=[4, 8, 8])
+    plain = build_network(resolve_params({}, dict(base, epsilon=settings.get("epsilon", 0.01))), None)
+    varied = build_network(resolve_params({}, dict(base, **settings)), None)
+    changed = [k for k, v in plain.state_dict().items() if not torch.equal(v, varied.state_dict()[k])]
+    assert changed, settings
