@@ -24,7 +24,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import Dict, List, NamedTuple, Sequence, Union
 
 import numpy as np
 import torch

@@ -25,7 +25,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from ..graph import register_layer_handler, replace_tensor
 from ..models import RBFLayer, RBFNet

@@ -1,0 +1,25 @@
+"""Width-configurable starting architectures for splitting steepest descent.
+
+Each model is built from per-layer widths, so a grown network can be rebuilt
+from ``current_widths(model)`` alone; ``model.width_layers()`` names (as in
+``named_modules()``) the layers whose output sizes are the widths.  Models use
+standard modules (plus :class:`RBFLayer`) and trace with ``torch.fx``.  CNNs are
+``features`` (named blocks: :class:`ConvBNAct` with ``conv``/``bn``/``act``, or
+depthwise-separable blocks with ``dw``/``pw``) then ``classifier`` (``pool``,
+``flatten``, ``dropout``, ``fc``).  When a width layer grows, its consumers (and
+the next depthwise conv) must grow too; that is up to the splitting code.
+
+Modules: ``_base`` (activations, ConvBNAct, :class:`WidthModel`), ``_cnn`` (MobileNetV1, VGG19-BN,
+DS-CNN, SmallCNN), ``_small`` (MLP, RBF network), ``_registry`` (:data:`MODELS`, :func:`build_model`
+and the widths helpers); everything public is re-exported here.
+"""
+from ._base import ACTIVATIONS, ConvBNAct, WidthModel, make_activation
+from ._cnn import DSCNN, VGG19BN, MobileNetV1, SmallCNN
+from ._registry import MODELS, build_model, current_widths, default_widths, rebuild, scale_widths, widths_of
+from ._small import MLP, RBFLayer, RBFNet
+
+__all__ = [
+    "ACTIVATIONS", "MODELS", "ConvBNAct", "WidthModel", "MobileNetV1", "VGG19BN", "DSCNN",
+    "SmallCNN", "MLP", "RBFLayer", "RBFNet", "make_activation", "current_widths", "widths_of", "rebuild",
+    "default_widths", "scale_widths", "build_model",
+]
