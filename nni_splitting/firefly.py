@@ -1,31 +1,27 @@
 """Firefly growth (Wu, Liu, Stone & Liu, "Firefly Neural Architecture Descent", NeurIPS 2020).
 
 Every splittable layer (the :class:`~nni_splitting.graph.NeuronGroup` layers of
-:func:`~nni_splitting.splitting.compute_splitting`) gets two kinds of candidates, each with a small
-trainable perturbation, all in one *augmented* network that computes the same function as the
-model when the perturbations are zero:
+:func:`~nni_splitting.splitting.compute_splitting`) gets two kinds of candidates in one *augmented*
+network, built by the public surgery, that computes the model's function at zero perturbation:
 
-* **split** neuron ``j``: ``sigma(theta_j x) -> 1/2 sigma((theta_j + delta_j) x) + 1/2 sigma((theta_j - delta_j) x)``
-  with ``||delta_j|| = epsilon`` (every neuron is duplicated by the project's surgery, the two copies
-  get ``+delta_j`` and ``-delta_j``);
-* **new** neuron ``k``: ``f(x) + h_k sigma(a_k x)``: fresh input weights ``a_k`` (norm: the mean
-  norm of the layer's neurons times ``input_scale``) and outgoing weights ``h_k`` (the consumers'
-  new input columns, ``||h_k|| = new_epsilon``) that start at zero.
+* **split** ``j``: ``sigma(theta_j x) -> 1/2 sigma((theta_j + delta_j) x) + 1/2 sigma((theta_j - delta_j) x)``,
+  ``||delta_j|| = epsilon``;
+* **new** ``k``: ``f(x) + h_k sigma(a_k x)``, input weights ``a_k`` (as large as the layer's neurons)
+  and outgoing weights ``h_k`` (the consumers' new columns, ``||h_k|| = new_epsilon``) from zero.
 
-A few projected, normalised gradient steps on the perturbations (one batch each) fit them to the
-loss; the candidates are then scored by the first-order effect of their gate ``g_c`` (the
-perturbation ``g_c p_c``, ``g = 1``), divided by the order ``k_c`` of the candidate's leading term
-(a split is even in ``delta``: ``k = 2``; a new neuron is linear in ``h``: ``k = 1``)::
+A few normalised gradient steps on the perturbations, projected on their spheres (one batch each),
+fit them to the loss; then each candidate ``c`` is scored by the first-order effect of its gate
+(``q = t p`` with a small ``t``: the candidates do not interact), divided by the order ``k_c`` of
+its leading term (a split is even in ``delta``: ``k = 2``; a new neuron linear in ``h``: ``k = 1``)::
 
-    Delta L_c ~= (1 / k_c) dL(f_{g p})/dg_c |_{g=1} = <p_c, grad_{p_c} L> / k_c
+    Delta L_c ~= <q_c, grad_{q_c} L(f_q)> / (k_c t^k_c)
 
-which is the predicted loss change of applying candidate ``c`` alone (for a split it is
-``epsilon**2 v^T S v / 2``, the splitting index of S2D along ``delta / epsilon``, found without an
-eigen-decomposition). The greedy top candidates under a count or cost budget are applied with the
-public surgery: :func:`~nni_splitting.surgery.apply_splits` for splits and
-:func:`~nni_splitting.baselines.growth.add_new_neurons` (zero outgoing weights) for new neurons, whose
-new rows and columns are then set to ``a`` and ``h``. ``scale=0`` in :func:`apply_firefly` keeps
-the function exactly.
+the predicted loss change of applying ``c`` alone (for a split ``delta^T S delta / 2``: the S2D
+index along ``delta``, without an eigen-decomposition). Any rule of :mod:`nni_splitting.selection`
+keeps the best under a count or cost budget (:attr:`FireflyLayer.eigenvalues`), and
+:func:`apply_firefly` applies them with :func:`~nni_splitting.surgery.apply_splits` (splits) and
+:func:`~nni_splitting.baselines.growth.add_new_neurons` (new neurons, then given ``a`` and ``h``);
+``scale=0`` keeps the function exactly.
 """
 from __future__ import annotations
 
@@ -252,7 +248,7 @@ def _effective_norms(model: nn.Module, group: NeuronGroup) -> torch.Tensor:
 
 def _unit(rows: torch.Tensor) -> torch.Tensor:
     norms = rows.norm(dim=-1, keepdim=True)
-    return torch.where(norms > 0, rows / norms.clamp_min(1e-300), rows)
+    return torch.where(norms > 0, rows / norms.clamp_min(torch.finfo(rows.dtype).tiny), rows)
 
 
 def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -360,49 +356,24 @@ def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
         grads = torch.autograd.grad(loss, list(values.values()), allow_unused=True)
         return {k: (g if g is not None else torch.zeros_like(values[k])) for k, g in zip(values, grads)}
 
+    spheres = {f"delta:{n}": [f"delta:{n}"] for n in groups if f"delta:{n}" in p}
+    spheres.update({f"input:{n}": [f"input:{n}"] for n in groups if f"input:{n}" in p})
+    for name in groups:  # ||h_k|| = new_epsilon jointly over the layer's consumers
+        keys = [k for k in p if k.startswith(f"output:{name}:")]
+        if keys:
+            spheres[f"output:{name}"], radius[f"output:{name}"] = keys, new_epsilon
     for step in range(fit):
-        grads = gradients(data[step % len(data)], p)
-        rate = lr / math.sqrt(1.0 + step)
-        with torch.no_grad():
-            for key, value in p.items():
-                if key.startswith("output:"):
-                    continue
-                value.copy_(radius[key] * _unit(value - rate * radius[key] * _unit(grads[key])))
-            for name in groups:  # h_k on the sphere ||h_k|| = new_epsilon, jointly over the consumers
-                keys = [k for k in p if k.startswith(f"output:{name}:")]
-                if not keys:
-                    continue
-                flat = torch.cat([p[k].reshape(counts[name], -1) for k in keys], dim=1)
-                grad = torch.cat([grads[k].reshape(counts[name], -1) for k in keys], dim=1)
-                moved = new_epsilon * _unit(flat - rate * new_epsilon * _unit(grad))
-                offset = 0
-                for k in keys:
-                    size = p[k][0].numel()
-                    p[k].copy_(moved[:, offset:offset + size].reshape(p[k].shape))
-                    offset += size
-    # Scores at the gate t = score_scale on every candidate (q = t p: no interactions), extrapolated to t = 1:
-    # Delta L_c ~= <q_c, grad_{q_c} L(f_q)> / (k_c t^k_c)   (k = 2 for a split delta, 1 for a new neuron's h)
-    gated = {k: k.startswith(("delta:", "output:")) for k in p}
-    totals = {k: torch.zeros(v.shape[0], dtype=torch.float64) for k, v in p.items() if gated[k]}
-    weight_sum = 0
-    for batch in scoring:
-        values = {k: (score_scale * v.detach() if gated[k] else v.detach()).requires_grad_(True) for k, v in p.items()}
-        grads = gradients(batch, values)
-        size = int(batch[1].shape[0]) if batch[1].dim() else 1
-        weight_sum += size
-        for key in totals:
-            order = 2 if key.startswith("delta:") else 1
-            value = (values[key].detach() * grads[key]).reshape(p[key].shape[0], -1).sum(1)
-            totals[key] += size * value.double().cpu() / (order * score_scale ** order)
+        _descend(p, gradients(data[step % len(data)], p), spheres, radius, lr / math.sqrt(1.0 + step))
+    totals, samples = _score(p, scoring, gradients, score_scale)
     results: Dict[str, FireflyLayer] = {}
     for name, group in groups.items():
         n = widths[name]
         d = _neuron_rows(model.get_submodule(name)).shape[1]
-        split_scores = totals[f"delta:{name}"] / weight_sum if "split" in kinds else torch.full((n,), math.nan)
+        split_scores = totals[f"delta:{name}"] / samples if "split" in kinds else torch.full((n,), math.nan)
         directions = (p[f"delta:{name}"].detach() / epsilon if "split" in kinds
                       else torch.zeros(n, d, dtype=dtype, device=device))
         keys = [k for k in totals if k.startswith(f"output:{name}:")]
-        new_scores = sum((totals[k] for k in keys), torch.zeros(counts[name], dtype=torch.float64)) / weight_sum
+        new_scores = sum((totals[k] for k in keys), torch.zeros(counts[name], dtype=torch.float64)) / samples
         outputs = {k.split(":", 2)[2]: p[k].detach().clone() for k in keys}
         inputs = p[f"input:{name}"].detach().clone() if counts[name] else torch.zeros(0, d, dtype=dtype, device=device)
         filters = {}
@@ -415,6 +386,42 @@ def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
     logger.info("firefly: %d layer(s), %d split and %d new-neuron candidate(s), %d fit + %d score batch(es)",
                 len(results), sum(widths.values()) if "split" in kinds else 0, sum(counts.values()), fit, len(scoring))
     return results
+
+
+def _descend(p: Dict[str, torch.Tensor], grads: Dict[str, torch.Tensor], spheres: Mapping[str, List[str]],
+             radius: Mapping[str, float], rate: float) -> None:
+    """One normalised gradient step per candidate row, projected back on its sphere ``||p_c|| = r``."""
+    with torch.no_grad():
+        for sphere, keys in spheres.items():
+            rows = p[keys[0]].shape[0]
+            flat = torch.cat([p[k].reshape(rows, -1) for k in keys], dim=1)
+            grad = torch.cat([grads[k].reshape(rows, -1) for k in keys], dim=1)
+            moved = radius[sphere] * _unit(flat - rate * radius[sphere] * _unit(grad))
+            offset = 0
+            for k in keys:
+                size = p[k][0].numel()
+                p[k].copy_(moved[:, offset:offset + size].reshape(p[k].shape))
+                offset += size
+
+
+def _score(p: Dict[str, torch.Tensor], scoring: Sequence, gradients: Callable, t: float
+           ) -> Tuple[Dict[str, torch.Tensor], int]:
+    """Sums over ``scoring`` of each candidate's predicted loss change (times the batch size), and the sample count."""
+    # All candidates at the gate t (q = t p: no interactions), extrapolated to t = 1 by the candidate's order k:
+    # Delta L_c ~= <q_c, grad_{q_c} L(f_q)> / (k_c t^k_c)   (k = 2 for a split delta, 1 for a new neuron's h)
+    gated = {k: k.startswith(("delta:", "output:")) for k in p}
+    totals = {k: torch.zeros(v.shape[0], dtype=torch.float64) for k, v in p.items() if gated[k]}
+    samples = 0
+    for batch in scoring:
+        values = {k: (t * v.detach() if gated[k] else v.detach()).requires_grad_(True) for k, v in p.items()}
+        grads = gradients(batch, values)
+        size = int(batch[1].shape[0]) if batch[1].dim() else 1
+        samples += size
+        for key in totals:
+            order = 2 if key.startswith("delta:") else 1
+            value = (values[key].detach() * grads[key]).reshape(p[key].shape[0], -1).sum(1)
+            totals[key] += size * value.double().cpu() / (order * t ** order)
+    return totals, samples
 
 
 def _new_counts(new_neurons, widths: Mapping[str, int]) -> Dict[str, int]:

@@ -244,3 +244,20 @@ def test_strategies_by_name_and_s2d_is_todays_path(digits):
         assert isinstance(make_strategy("mine"), GrowthStrategy)
     finally:
         STRATEGIES.pop("mine")
+
+
+def test_greedy_top_under_a_parameter_budget(digits):
+    from nni_splitting.counting import neuron_costs
+
+    x, y = digits
+    model = _train(build_model("mlp", widths=[6, 6]), x, y, 50)
+    costs = neuron_costs(model, x[:1], kind="params")
+    assert costs == {"features.fc1": 64 + 1 + 6, "features.fc2": 6 + 1 + 10}
+    candidates = compute_firefly(model, LOSS, [(x[:256], y[:256]), (x[256:512], y[256:512])])
+    plan = select(candidates, "per_cost", costs=costs, budget=100)
+    grown = apply_firefly(model, candidates, plan)
+    added = sum(p.numel() for p in grown.parameters()) - sum(p.numel() for p in model.parameters())
+    assert 0 < added <= 100 and added == sum(costs[k] * len(v) for k, v in plan.items())
+    ranked = sorted(float(v) / costs[k] for k, e in candidates.items() for v in e.eigenvalues)
+    chosen = [float(candidates[k].eigenvalues[i]) / costs[k] for k, v in plan.items() for i in v]
+    assert min(chosen) == ranked[0]  # the best loss decrease per parameter is in
