@@ -271,7 +271,7 @@ def run_arm(p: Dict[str, Any], output_dir: Path, report: Callable[[dict], None] 
     if arm == "splitting":
         result = run_trial(p, output_dir, report, trial_id, experiment_id)
         own_epochs = _seed_epochs(p) if p["step"] == 0 else int(p["epochs"])
-        result.update(arm="splitting", method="splitting", seed=p["seed"], test_accuracy=result["default"],
+        result.update(arm=arm_label(arm, p), method="splitting", seed=p["seed"], test_accuracy=result["default"],
                       epochs=int(p["ancestor_epochs"] or 0) + own_epochs,
                       mac_epochs=float(result["flops"]) * own_epochs,
                       wall_time=float(p["ancestor_wall_time"] or 0) + (time.time() - started))

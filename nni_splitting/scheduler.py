@@ -335,7 +335,7 @@ class Scheduler:
         if info.get("splitting_error"):
             return self.stop(lineage, f"{parent.node_id} could not compute splitting indexes: "
                                       f"{info['splitting_error']}")
-        plan = self._select(info)
+        plan = self._select(info, lineage)
         if not plan:
             low = min((min(v) for v in info["eigenvalues"].values() if len(v)), default=float("nan"))
             return self.stop(lineage, f"splitting-stable: no index below threshold={args.threshold} "
@@ -351,11 +351,16 @@ class Scheduler:
                 return self.stop(lineage, f"budget {self.limits}: no neuron fits")
         self.add(self._child(parent, plan))
 
-    def _select(self, info: dict) -> dict:
+    def _lineage_settings(self, lineage: int) -> dict:
+        entries = getattr(self.args, "lineage_settings", None) or []
+        return dict(entries[lineage]) if lineage < len(entries) else {}
+
+    def _select(self, info: dict, lineage: int = 0) -> dict:
         # m* of Algorithm 1: split the m most negative lambda_min below lambda* (threshold)
         m = lin.split_count(info["widths"], self.args.grow_ratio, self.args.max_splits)
         eigenvalues = {k: v for k, v in info["eigenvalues"].items() if k in set(info["width_layers"])}
-        if getattr(self.args, "selection", "negative") == "lowest_fraction":
+        selection = self._lineage_settings(lineage).get("selection", getattr(self.args, "selection", "negative"))
+        if selection == "lowest_fraction":
             return lin.clean_plan(select_lowest_fraction(eigenvalues, max_splits=m,
                                                          max_per_layer=self.args.max_per_layer))
         plan = select_neurons(eigenvalues, max_splits=m, threshold=self.args.threshold,
@@ -433,8 +438,10 @@ class Scheduler:
 
     def _params(self, node: Node, widths, width_multiplier, plan, parent: Optional[Node]) -> dict:
         args = self.args
+        own = self._lineage_settings(node.lineage)
         settings = dict(args.trial)
-        settings["seed"] = int(settings.get("seed", 0)) + node.lineage
+        settings.update({k: v for k, v in own.items() if k not in ("epsilon", "selection")})
+        settings["seed"] = int(settings.get("seed", 0)) + (0 if "seed" in own else node.lineage)
         info = (parent.info or {}) if parent else {}
         result = (parent.result or {}) if parent else {}
         settings.update(
@@ -443,7 +450,7 @@ class Scheduler:
             parent=parent.trial_id if parent else "", parent_node=parent.node_id if parent else "",
             parent_checkpoint=result.get("checkpoint", info.get("checkpoint", "")) if parent else "",
             parent_splits=result.get("splits", info.get("splits", "")) if parent else "",
-            split_plan=plan, n_split=lin.plan_size(plan), epsilon=args.epsilon,
+            split_plan=plan, n_split=lin.plan_size(plan), epsilon=own.get("epsilon", args.epsilon),
             split_method=args.method, storage_path=args.storage_path or "",
         )
         settings.update(self.policy.growth_params(node, parent))

@@ -114,6 +114,11 @@ class SplittingArguments(NamedTuple):
         (default: same path).  Unset: trials write to ``$NNI_OUTPUT_DIR`` (local training service).
     resume_timeout
         Seconds a trial NNI re-runs after ``nnictl resume`` may take before it is retried.
+    lineage_settings
+        One dict per lineage (``beam`` of them) overriding, for that lineage only, training settings
+        (keys of ``trial``), ``epsilon``, ``selection`` and ``arm_label`` (its name in the results):
+        a sweep of growth settings as one experiment.  An explicit ``seed`` is used as is (not
+        ``+ lineage``).
     """
 
     model: str = "small_cnn"
@@ -134,6 +139,7 @@ class SplittingArguments(NamedTuple):
     storage_path: Optional[str] = None
     local_storage_path: Optional[str] = None
     resume_timeout: float = RESUME_TIMEOUT_S
+    lineage_settings: Optional[List[dict]] = None
 
 
 def _is_int(value) -> bool:
@@ -142,6 +148,31 @@ def _is_int(value) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: Keys of a ``lineage_settings`` entry besides the training settings.
+LINEAGE_KEYS = ("epsilon", "selection", "arm_label")
+
+
+def check_lineage_settings(entries, beam: int, trial: dict) -> None:
+    """``ValueError`` unless ``entries`` is one dict of known keys per lineage (see :class:`SplittingArguments`)."""
+    if not isinstance(entries, (list, tuple)) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"lineage_settings must be a list of dicts (one per lineage), got {entries!r}")
+    if len(entries) != beam:
+        raise ValueError(f"lineage_settings has {len(entries)} entries but beam={beam}: give one per lineage")
+    for number, entry in enumerate(entries):
+        own = {k: v for k, v in entry.items() if k not in LINEAGE_KEYS}
+        try:
+            check_train_settings({**trial, **own})
+        except ValueError as error:
+            raise ValueError(f"lineage_settings[{number}]: {error}") from None
+        if "selection" in entry and entry["selection"] not in TUNER_SELECTIONS:
+            raise ValueError(f"lineage_settings[{number}].selection must be one of {list(TUNER_SELECTIONS)}, "
+                             f"got {entry['selection']!r}")
+        if "epsilon" in entry and not (_is_number(entry["epsilon"]) and entry["epsilon"] >= 0):
+            raise ValueError(f"lineage_settings[{number}].epsilon must be a number >= 0, got {entry['epsilon']!r}")
+        if "arm_label" in entry and not (isinstance(entry["arm_label"], str) and entry["arm_label"]):
+            raise ValueError(f"lineage_settings[{number}].arm_label must be a non-empty string")
 
 
 class SplittingClassArgsValidator(ClassArgsValidator):
@@ -198,6 +229,8 @@ class SplittingClassArgsValidator(ClassArgsValidator):
                 raise ValueError(f"{key} must be a non-empty path string, got {value!r}")
         if not (_is_number(args.resume_timeout) and args.resume_timeout > 0):
             raise ValueError(f"resume_timeout must be a number of seconds > 0, got {args.resume_timeout!r}")
+        if args.lineage_settings is not None:
+            check_lineage_settings(args.lineage_settings, args.beam, args.trial or {})
         if args.local_storage_path and not args.storage_path:
             raise ValueError("local_storage_path needs storage_path (the same folder as the trials see it)")
 
@@ -231,12 +264,13 @@ class SplittingTuner(Tuner):
                  method: str = METHOD, selection: str = "negative", cost: str = "none", budget=None, beam: int = 1, retries: int = 1,
                  trial: Optional[dict] = None, storage_path: Optional[str] = None,
                  local_storage_path: Optional[str] = None, resume_timeout: float = RESUME_TIMEOUT_S,
+                 lineage_settings: Optional[List[dict]] = None,
                  policy: Optional[Policy] = None, **unknown):
         kwargs = dict(model=model, seed_widths=seed_widths, max_steps=max_steps, grow_ratio=grow_ratio,
                       max_splits=max_splits, max_per_layer=max_per_layer, threshold=threshold, epsilon=epsilon,
                       method=method, selection=selection, cost=cost, budget=budget, beam=beam, retries=retries, trial=trial,
                       storage_path=storage_path, local_storage_path=local_storage_path,
-                      resume_timeout=resume_timeout)
+                      resume_timeout=resume_timeout, lineage_settings=lineage_settings)
         SplittingClassArgsValidator().validate_class_args(**kwargs, **unknown)
         if policy is not None and not isinstance(policy, Policy):
             raise ValueError(f"policy must be a nni_splitting.scheduler.Policy, got {policy!r}")

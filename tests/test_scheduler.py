@@ -221,3 +221,33 @@ def test_unknown_selection_is_refused():
         SplittingClassArgsValidator().validate_class_args(selection="smallest")
     with pytest.raises(ValueError, match="ranks by index only"):
         SplittingClassArgsValidator().validate_class_args(selection="lowest_fraction", cost="flops")
+
+
+def test_lineage_settings_override_one_lineage_each(tmp_path):
+    settings = [{"arm_label": "splitting_eps0.1", "epsilon": 0.1, "seed": 7},
+                {"arm_label": "splitting_lowest", "selection": "lowest_fraction", "epochs": 2}]
+    sched = make(tmp_path, beam=2, max_splits=2, max_steps=1, threshold=-0.4, trial={"epochs": 5, "seed": 3},
+                 lineage_settings=settings)
+    sched.start()
+    seeds = {n.lineage: n for n in (sched.pop_ready(), sched.pop_ready())}
+    assert seeds[0].params["seed"] == 7 and seeds[0].params["epochs"] == 5  # explicit seed kept as is
+    assert seeds[1].params["seed"] == 4 and seeds[1].params["epochs"] == 2  # 3 + lineage 1
+    for node in seeds.values():
+        sched.succeeded(node, finish(tmp_path, node))
+    children = {n.lineage: n for n in (sched.pop_ready(), sched.pop_ready())}
+    assert children[0].params["epsilon"] == 0.1 and children[0].params["arm_label"] == "splitting_eps0.1"
+    assert children[1].params["epsilon"] == SplittingArguments().epsilon
+    # below threshold -0.4 "negative" has only a[1] (-0.5); lineage 1's lowest_fraction takes the two lowest
+    assert children[0].params["split_plan"] == {"a": [1]}
+    assert children[1].params["split_plan"] == {"a": [1], "b": [0]}
+
+
+def test_lineage_settings_are_validated():
+    from nni_splitting.tuner import SplittingClassArgsValidator
+    check = SplittingClassArgsValidator().validate_class_args
+    with pytest.raises(ValueError, match="one per lineage"):
+        check(beam=2, lineage_settings=[{}])
+    with pytest.raises(ValueError, match=r"lineage_settings\[1\].*unknown trial settings"):
+        check(beam=2, lineage_settings=[{}, {"epoch": 3}])
+    with pytest.raises(ValueError, match=r"lineage_settings\[0\].selection"):
+        check(beam=1, lineage_settings=[{"selection": "best"}])
