@@ -43,7 +43,8 @@ from .graph import NeuronGroup, find_neuron_groups, trace_model
 from .splitting import LayerSplitting
 from .surgery import apply_splits
 
-__all__ = ["FireflyLayer", "compute_firefly", "apply_firefly", "split_plan", "KINDS", "SCORE_SCALE"]
+__all__ = ["FireflyLayer", "compute_firefly", "apply_firefly", "split_plan", "save_firefly", "load_firefly", "KINDS",
+           "SCORE_SCALE"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,34 @@ class FireflyLayer:
     def eigenvalues(self) -> torch.Tensor:
         """All candidates' scores, splits then new neurons: what the selection rules rank."""
         return torch.cat([self.split_scores, self.new_scores])
+
+    _TENSORS = ("split_scores", "new_scores", "split_directions", "new_inputs")
+
+    def state_dict(self) -> dict:
+        """Plain tensors and dicts (CPU), for ``torch.save`` and :meth:`from_state_dict`."""
+        state = {name: getattr(self, name).detach().cpu() for name in self._TENSORS}
+        state.update(layer=self.layer, group=self.group.to_dict(), epsilon=self.epsilon, new_epsilon=self.new_epsilon,
+                     new_outputs={k: v.detach().cpu() for k, v in self.new_outputs.items()},
+                     new_filters={k: v.detach().cpu() for k, v in self.new_filters.items()},
+                     example=None if self.example is None else self.example.detach().cpu())
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "FireflyLayer":
+        return cls(state["layer"], NeuronGroup.from_dict(state["group"]), *(state[n] for n in cls._TENSORS),
+                   dict(state["new_outputs"]), dict(state["new_filters"]), float(state["epsilon"]),
+                   float(state["new_epsilon"]), state["example"])
+
+
+def save_firefly(candidates: Mapping[str, FireflyLayer], path) -> None:
+    """Save :func:`compute_firefly` results with ``torch.save`` (keyed by layer name, like ``save_splits``)."""
+    torch.save({name: entry.state_dict() for name, entry in candidates.items()}, str(path))
+
+
+def load_firefly(path) -> Dict[str, FireflyLayer]:
+    """Load what :func:`save_firefly` wrote."""
+    states = torch.load(str(path), map_location="cpu", weights_only=True)
+    return {name: FireflyLayer.from_state_dict(state) for name, state in states.items()}
 
 
 def _check_positive(name: str, value, integer: bool = False, zero: bool = False) -> None:

@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 
 from nni_splitting.baselines.growth import add_new_neurons
 from nni_splitting.data import load_dataset
-from nni_splitting.firefly import apply_firefly, compute_firefly
+from nni_splitting.firefly import apply_firefly, compute_firefly, load_firefly, save_firefly
 from nni_splitting.models import build_model
 from nni_splitting.selection import select
 from nni_splitting.splitting import compute_splitting
@@ -119,7 +119,7 @@ def test_split_scores_approach_the_splitting_index(digits):
         assert entry.new_scores.numel() == 0
 
 
-def test_function_preserved_at_zero_scale_and_single_candidates_match_their_scores():
+def test_function_preserved_at_zero_scale_and_single_candidates_match_their_scores(tmp_path):
     x, y = load_dataset("digits").train.tensors
     x, y = x[:200].double(), y[:200]
     model = _conv_model()
@@ -138,6 +138,10 @@ def test_function_preserved_at_zero_scale_and_single_candidates_match_their_scor
             measured = _loss(apply_firefly(model, candidates, {layer: [index]}), batches) - base
             assert predicted < 0 and measured == pytest.approx(predicted, rel=0.1)
     grown = apply_firefly(model, candidates, everything)
+    save_firefly(candidates, tmp_path / "firefly.pt")
+    again = apply_firefly(model, load_firefly(tmp_path / "firefly.pt"), everything)
+    for a, b in zip(grown.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
     assert model[0].out_channels == 4 and sum(p.numel() for p in grown.parameters()) == sum(
         p.numel() for p in silent.parameters())
 
