@@ -67,7 +67,7 @@ class GrowthStrategy(abc.ABC):
 
     def grow(self, model: nn.Module, loss_fn: Callable, batches: Iterable, rule: str = SELECTION,
              layers: Optional[Sequence[str]] = None, **options) -> nn.Module:
-        """One step of all three stages (``options`` go to the rule); with an empty plan ``model`` itself is returned."""
+        """One step of the three stages (``options`` go to the rule); an empty plan returns ``model`` itself."""
         scores = self.score(model, loss_fn, list(batches), layers=layers)
         plan = self.select(scores, rule, **options)
         return self.apply(model, scores, plan) if plan else model
