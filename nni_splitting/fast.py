@@ -444,7 +444,10 @@ def solve_max_eigenpairs(operator: SplittingOperator, tol: float = FAST_DEFAULTS
                          seed: int = FAST_DEFAULTS["seed"], chunk_elements: Optional[int] = None,
                          min_iter: int = FAST_DEFAULTS["min_iter"]
                          ) -> Tuple[torch.Tensor, torch.Tensor, dict]:
-    """``lambda_max(S_j)`` and ``v_max(S_j)`` of every neuron: LOBPCG for the smallest of ``-S_j`` (``[O]``, ``[O, d]``, report)."""
+    """``lambda_max(S_j)`` and ``v_max(S_j)`` of every neuron (``[O]``, ``[O, d]``, report).
+
+    LOBPCG for the smallest eigenpair of ``-S_j``, with the options of :func:`solve_min_eigenpairs`.
+    """
     if chunk_elements is not None:
         operator.chunk_elements = chunk_elements
 

@@ -13,10 +13,37 @@ a layer (Liu, Wu & Wang 2019, Algorithm 1):
 * the surgery: splitting the producer (``theta_j +- eps v_j``), widening a consumer (input columns
   ``w / 2`` twice) and duplicating a channel of a follower.
 
-A new layer kind is one handler, registered once with :func:`register_layer_handler` (see
-``docs`` in :class:`LayerHandler`); subclasses of a registered class use its handler unless they
-have their own. Modules with a handler are leaves of :func:`~nni_splitting.graph.trace_model`'s
-trace, so the walk sees them as one node.
+A new layer kind is one handler, registered once with :func:`register_layer_handler`; subclasses
+of a registered class use its handler unless they have their own. Modules with a handler are
+leaves of :func:`~nni_splitting.graph.trace_model`'s trace, so the walk sees them as one node.
+For example, a unit ``u = g * (W x + b)`` with a fixed gain ``g`` (``tests/test_layer_handlers.py``)::
+
+    class ScaledLinearHandler(LayerHandler):
+        kind, default_role = "scaled_linear", NEURONS
+
+        def consumer_block(self, module, shape, block):          # it may consume a group's channels
+            return block if block is not None else (1 if len(shape) == 2 else None)
+
+        def neuron_parameters(self, module):                     # theta_j = (W_j, b_j)
+            return torch.cat([module.weight.detach(), module.bias.detach()[:, None]], dim=1)
+
+        def set_neuron_parameters(self, module, theta):
+            replace_tensor(module, "weight", theta[:, :-1])
+            replace_tensor(module, "bias", theta[:, -1])
+
+        def neuron_inputs(self, module, x):                      # x~ = g [x, 1], P = 1
+            return module.gain * torch.cat([x, torch.ones_like(x[:, :1])], dim=1).unsqueeze(-1)
+
+        def widen_consumer(self, module, indices, block, old_channels):
+            w = module.weight.detach().clone()
+            w[:, indices] /= 2
+            replace_tensor(module, "weight", torch.cat([w, w[:, indices]], dim=1))
+
+    register_layer_handler(ScaledLinear, ScaledLinearHandler())
+
+``compute_splitting`` (exact and fast: the default :meth:`LayerHandler.neuron_products` /
+:meth:`LayerHandler.neuron_gradient` work from :meth:`LayerHandler.neuron_inputs`) and
+``apply_splits`` then handle it like a Linear.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Find the splittable neurons of a PyTorch model from its torch.fx graph.
 
-A *neuron group* is one layer whose handler's role is ``NEURONS`` (``nn.Linear``, ``nn.Conv2d`` with ``groups=1``, ...) whose output channels
-are neurons, together with everything its channels pass through until they are mixed linearly again:
+A *neuron group* is one layer whose handler's role is ``NEURONS`` (``nn.Linear``, ``nn.Conv2d`` with
+``groups=1``, a registered kind) whose output channels are neurons, together with everything its channels pass through until they are mixed linearly again:
 
 ``producer -> [BatchNorm] -> activation -> [BatchNorm | pooling | dropout | flatten | depthwise conv
 -> [BatchNorm] -> [activation]] -> consumers`` (Conv2d / Linear input channels).

@@ -6,7 +6,7 @@ from torch import nn
 
 from ._base import COMMON_PARAMS, ConvBNAct, ConvNet, ds_block
 
-__all__ = ['MobileNetV1', 'VGG19BN', 'DSCNN', 'SmallCNN']
+__all__ = ["MobileNetV1", "VGG19BN", "DSCNN", "SmallCNN"]
 
 logger = logging.getLogger(__name__)
 

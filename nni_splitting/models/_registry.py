@@ -12,7 +12,8 @@ from ._base import WidthModel, check_widths
 from ._cnn import DSCNN, VGG19BN, MobileNetV1, SmallCNN
 from ._small import MLP, RBFNet
 
-__all__ = ['MODELS', 'model_class', 'current_widths', 'widths_of', 'rebuild', 'default_widths', 'scale_widths', 'build_model']
+__all__ = ["MODELS", "model_class", "current_widths", "widths_of", "rebuild", "default_widths", "scale_widths",
+           "build_model"]
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ._base import WidthModel, check_positive_int, make_activation
 
-__all__ = ['MLP', 'RBFLayer', 'RBFNet']
+__all__ = ["MLP", "RBFLayer", "RBFNet"]
 
 logger = logging.getLogger(__name__)
 

@@ -47,8 +47,8 @@ from ..surgery import split_group
 from .neurons import CustomNeuronHandler, custom_group, custom_layer_splitting, custom_splitting_matrices
 
 __all__ = [
-    "FEATURES", "LossWeights", "PrototypeLayer", "PrototypeHandler", "PrototypeNet", "prototype_loss", "prototype_splitting", "split_prototypes",
-    "train_prototype_net", "fit_classifier", "evaluate_prototype_net", "SplitTree", "grow_prototypes", "probe_split_step",
+    "FEATURES", "LossWeights", "PrototypeLayer", "PrototypeHandler", "PrototypeNet", "prototype_loss",
+    "prototype_splitting", "split_prototypes", "train_prototype_net", "fit_classifier", "evaluate_prototype_net", "SplitTree", "grow_prototypes", "probe_split_step",
     "mnist_unit_interval",
 ]
 
