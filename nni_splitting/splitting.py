@@ -4,8 +4,8 @@ One forward/backward pass per batch records, through a torch.fx Interpreter, eac
 inputs, pre-activations and the loss gradient at its activation (:func:`_record_batch`, shared by
 both methods). ``method="exact"`` turns them into splitting matrices with :mod:`nni_splitting.matrix`,
 accumulated over the data as the mean of the per-batch losses, and decomposes them;
-``method="fast"`` keeps them as per-layer data and finds ``lambda_min`` matrix-free with
-:mod:`nni_splitting.fast` (never forming a ``d x d`` matrix).
+``method="fast"`` keeps them as per-layer data (:mod:`nni_splitting.layer_data`) and finds
+``lambda_min`` (and ``lambda_max``) matrix-free with :mod:`nni_splitting.fast` (never forming a ``d x d`` matrix).
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .activations import DEFAULT_SURROGATE_BETA
-from .fast import AUTO_EXACT_MAX_D, FastLayerData, check_fast_options, solve_max_eigenpairs, solve_min_eigenpairs
+from .fast import AUTO_EXACT_MAX_D, check_fast_options, solve_max_eigenpairs, solve_min_eigenpairs
 from .graph import NeuronGroup, activation_of_node, find_neuron_groups, handler_for, trace_model
+from .layer_data import FastLayerData
 from .matrix import (DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, extreme_eigenpairs, neuron_inputs,
                      neuron_slopes, neuron_weights, weighted_gram)
 
