@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..baselines import prune_to_ratio
 from ..counting import count_model
 from ..grower import SplittingGrower
 from ..models import build_model, current_widths
@@ -241,8 +242,6 @@ def run_kws_experiment(data: KWSData, recipe: KWSRecipe = KWSRecipe(), seed: int
         for method in ("bn_slim", "slim"):
             if method not in recipe.arms:
                 continue
-            from ..baselines import prune_to_ratio
-
             start = time.perf_counter()
             ratio = min(1.0, target / next(r["params"] for r in rows if r["arm"] == "full"))
             pruned, info = prune_to_ratio(copy.deepcopy(full), method, ratio, dummy, evaluator=train_loader,
