@@ -216,7 +216,7 @@ def find_neuron_groups(graph_module: fx.GraphModule, layers: Optional[List[str]]
         module = graph_module.get_submodule(node.target)
         handler = handler_for(module)
         # A grouped conv (role DEPTHWISE or None) is a producer candidate too, excluded with its reason.
-        if handler is None or handler.exclusion(module) is None and handler.role(module) != NEURONS:
+        if handler is None or (handler.exclusion(module) is None and handler.role(module) != NEURONS):
             continue
         if layers is not None and node.target not in layers:
             continue
