@@ -226,8 +226,8 @@ def _rayleigh_ritz(z: torch.Tensor, sz: torch.Tensor, k: int) -> Tuple[torch.Ten
 def lobpcg_min(matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num: int, dim: int, *,
                dtype: torch.dtype, device: torch.device, block: int = FAST_DEFAULTS["block"],
                tol: float = FAST_DEFAULTS["tol"], max_iter: int = FAST_DEFAULTS["max_iter"],
-               min_iter: int = FAST_DEFAULTS["min_iter"], seed: int = FAST_DEFAULTS["seed"]
-               ) -> Tuple[torch.Tensor, torch.Tensor, dict]:
+               min_iter: int = FAST_DEFAULTS["min_iter"], seed: int = FAST_DEFAULTS["seed"],
+               label: str = "LOBPCG") -> Tuple[torch.Tensor, torch.Tensor, dict]:
     """Smallest eigenpair of ``num`` symmetric ``dim x dim`` operators at once, by batched LOBPCG.
 
     Parameters
@@ -251,6 +251,8 @@ def lobpcg_min(matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num
         amplify that component first.
     seed : int
         Seed of the random start (drawn on ``device``: the start, hence the last digits, depend on the device).
+    label : str
+        What the non-convergence warning calls the solve.
 
     Returns
     -------
@@ -332,8 +334,8 @@ def lobpcg_min(matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num
               "max_relative_residual": float(residuals.max()) if num else 0.0,
               "seconds": time.perf_counter() - started}
     if converged < num:
-        logger.warning("LOBPCG: %d of %d neurons not converged to tol=%g in %d iterations (%d stopped improving; "
-                       "largest relative residual %.3g); their best estimates are used", num - converged, num, tol,
+        logger.warning("%s: %d of %d neurons not converged to tol=%g in %d iterations (%d stopped improving; "
+                       "largest relative residual %.3g); their best estimates are used", label, num - converged, num, tol,
                        max_iter, report["stalled"], report["max_relative_residual"])
     return values.to(dtype), vectors / vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny), report
 
@@ -390,7 +392,7 @@ def solve_max_eigenpairs(operator: SplittingOperator, tol: float = FAST_DEFAULTS
     with full_precision():
         values, vectors, report = lobpcg_min(negated, operator.num_neurons, operator.dim, dtype=operator.dtype,
                                              device=operator.device, block=block, tol=tol, max_iter=max_iter,
-                                             min_iter=min(min_iter, max_iter), seed=seed)
+                                             min_iter=min(min_iter, max_iter), seed=seed, label="LOBPCG (lambda_max)")
     logger.info("fast splitting (largest): %d neurons, d=%d: %d/%d converged, %.2f s", report["num"], operator.dim,
                 report["converged"], report["num"], report["seconds"])
     return -values, vectors, report
