@@ -13,10 +13,12 @@ and :class:`SplittingGrower` runs the whole loop NNI-style; the shared defaults 
 :mod:`nni_splitting.defaults`.
 """
 from .counting import count_model, neuron_costs
+from .firefly import FireflyLayer, apply_firefly, compute_firefly, load_firefly, save_firefly
 from .graph import NeuronGroup, find_neuron_groups, trace_model
 from .grower import SplittingGrower
 from .selection import SELECTION_RULES, register_selection_rule, select, select_energy_aware, select_neurons
 from .splitting import LayerSplitting, compute_splitting, load_splits, save_splits
+from .strategies import STRATEGIES, FireflyStrategy, GrowthStrategy, S2DStrategy, make_strategy, register_strategy
 from .surgery import apply_splits
 
 __all__ = [
@@ -36,6 +38,17 @@ __all__ = [
     "neuron_costs",
     "find_neuron_groups",
     "trace_model",
+    "FireflyLayer",
+    "compute_firefly",
+    "apply_firefly",
+    "save_firefly",
+    "load_firefly",
+    "GrowthStrategy",
+    "S2DStrategy",
+    "FireflyStrategy",
+    "STRATEGIES",
+    "register_strategy",
+    "make_strategy",
 ]
 
 __version__ = "0.1.0"

@@ -38,7 +38,7 @@ from typing import Any, Dict, Optional
 
 from . import report
 from .baselines import nas
-from .compare import CompareTuner
+from .compare import CompareClassArgsValidator
 from .nni import nnictl, rest
 from .nni.config import is_splitting_tuner, load_config
 from .nni.table import best_row, format_table, lineage_rows, progress_printer
@@ -74,7 +74,7 @@ def validate_config(config: Dict[str, Any], compare: bool = False) -> None:
     class_args = dict(tuner.get("classArgs") or {})
     try:
         if compare:
-            CompareTuner(**class_args).end_hook = None  # its constructor is the comparison's validation
+            CompareClassArgsValidator().validate_class_args(**class_args)
         elif is_splitting_tuner(tuner):
             SplittingClassArgsValidator().validate_class_args(**class_args)
     except (ValueError, TypeError) as error:

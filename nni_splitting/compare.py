@@ -36,13 +36,42 @@ from .arms import PRUNING_ARMS
 from .comparison_policy import DEFAULT_ARMS, ComparisonPolicy
 from .tuner import SplittingArguments, SplittingClassArgsValidator, SplittingTuner
 
-__all__ = ["CompareTuner", "COMPARE_ARGS", "DEFAULT_ARMS"]
+__all__ = ["CompareTuner", "CompareClassArgsValidator", "COMPARE_ARGS", "DEFAULT_ARMS"]
 
 _logger = logging.getLogger("nni.tuner.compare")
 
 #: classArgs of CompareTuner beyond SplittingTuner's.
 COMPARE_ARGS = {"arms": list(DEFAULT_ARMS), "pruners": list(PRUNING_ARMS), "full_epochs": None,
                 "finetune_epochs": None, "prune_training_steps": 50, "baseline_steps": None}
+
+
+def _check_names(kind: str, value, known) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{kind} must be a list of names, got {value!r}")
+    bad = [v for v in value if v not in known]
+    if bad:
+        raise ValueError(f"unknown {kind} {bad}; known: {list(known)}")
+
+
+class CompareClassArgsValidator(SplittingClassArgsValidator):
+    """Checks the ``classArgs`` of :class:`CompareTuner` (:data:`COMPARE_ARGS` + SplittingTuner's);
+    raises ``ValueError`` quoting the bad value.  Building no model, it is cheap."""
+
+    def validate_class_args(self, **kwargs):
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in COMPARE_ARGS}
+        super().validate_class_args(**kwargs)
+        _check_names("arms", own.get("arms"), DEFAULT_ARMS)
+        _check_names("pruners", own.get("pruners"), PRUNING_ARMS)
+        for key in ("full_epochs", "finetune_epochs", "prune_training_steps"):
+            value = own.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key} must be an int >= 1, got {value!r}")
+        steps, max_steps = own.get("baseline_steps"), kwargs.get("max_steps", SplittingArguments().max_steps)
+        if steps is not None and (not isinstance(steps, (list, tuple)) or not all(
+                isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= max_steps for k in steps)):
+            raise ValueError(f"baseline_steps must be a list of growth steps 0..max_steps={max_steps}, got {steps!r}")
 
 
 class CompareTuner(SplittingTuner):
@@ -54,14 +83,12 @@ class CompareTuner(SplittingTuner):
 
     def __init__(self, arms=None, pruners=None, full_epochs=None, finetune_epochs=None, prune_training_steps=50,
                  baseline_steps=None, **splitting_args):
-        SplittingClassArgsValidator().validate_class_args(**splitting_args)
+        CompareClassArgsValidator().validate_class_args(
+            arms=arms, pruners=pruners, full_epochs=full_epochs, finetune_epochs=finetune_epochs,
+            prune_training_steps=prune_training_steps, baseline_steps=baseline_steps, **splitting_args)
         args = SplittingArguments(**splitting_args)
         self.compare = {"full_epochs": full_epochs, "finetune_epochs": finetune_epochs,
                         "prune_training_steps": int(prune_training_steps)}
-        if baseline_steps is not None and (not isinstance(baseline_steps, (list, tuple)) or not all(
-                isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= args.max_steps for k in baseline_steps)):
-            raise ValueError(f"baseline_steps must be a list of growth steps 0..max_steps={args.max_steps}, "
-                             f"got {baseline_steps!r}")
         self.comparison = ComparisonPolicy(args._replace(trial=dict(args.trial or {})), arms, pruners, self.compare,
                                            baseline_steps=baseline_steps)
         self.arms, self.pruners = self.comparison.arms, self.comparison.pruners

@@ -440,6 +440,7 @@ class Scheduler:
         args = self.args
         own = self._lineage_settings(node.lineage)
         settings = dict(args.trial)
+        settings.setdefault("growth_strategy", getattr(args, "strategy", "s2d"))
         settings.update({k: v for k, v in own.items() if k not in ("epsilon", "selection")})
         settings["seed"] = int(settings.get("seed", 0)) + (0 if "seed" in own else node.lineage)
         info = (parent.info or {}) if parent else {}

@@ -37,6 +37,7 @@ from .counting import count_model, neuron_costs
 from .defaults import EPSILON, METHOD
 from .data import DATASETS, dummy_input, load_dataset, make_loaders
 from .models import build_model, current_widths, scale_widths
+from .firefly import apply_firefly, compute_firefly, load_firefly, save_firefly
 from .offspring import EPSILON_SCALES, SYMMETRY_BREAKING, break_symmetry, scale_directions
 from .splitting import compute_splitting, load_splits, save_splits
 from .storage import INDEX_FILE, SPLITS_FILE, CHECKPOINT_FILE, atomic_save, atomic_write_json, trial_output_dir
@@ -47,6 +48,9 @@ __all__ = ["TRAIN_DEFAULTS", "ARCH_DEFAULTS", "check_train_settings", "resolve_p
            "full_widths", "build_network", "device_of", "load_overrides", "train_network", "split_loader", "run_trial", "main"]
 
 _logger = logging.getLogger("nni_splitting.trial")
+
+#: Values of the ``growth_strategy`` training setting.
+GROWTH_STRATEGIES = ("s2d", "firefly")
 
 #: Training settings (the tuner's ``trial`` classArg overrides them).
 TRAIN_DEFAULTS: Dict[str, Any] = {
@@ -77,6 +81,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "device": "auto",          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     "full_width_multiplier": 1.0,  # the "full" model = this times the model's default widths (the reference of
                                    # params_ratio / flops_ratio, the full arm the pruners start from, uniform's base)
+    "growth_strategy": "s2d",     # "s2d" (splitting indexes, the paper) or "firefly" (splits + new neurons, scored)
     "epsilon_scale": "absolute",  # offspring theta +- eps v ("absolute") or +- eps ||theta|| v ("relative")
     "symmetry_breaking": "none",  # "none", "noise" or "bn_scale" on the appended offspring (nni_splitting.offspring)
     "symmetry_scale": 0.1,        # its size: noise std / ||theta|| per weight * sqrt(d), or the BN scale's 1 + x
@@ -152,6 +157,9 @@ def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"trial.full_width_multiplier must be in (0, 1], got {multiplier!r}")
     if merged["retrain_epochs"] not in ("matched", "round"):
         raise ValueError(f"trial.retrain_epochs must be 'matched' or 'round', got {merged['retrain_epochs']!r}")
+    if merged["growth_strategy"] not in GROWTH_STRATEGIES:
+        raise ValueError(f"trial.growth_strategy must be one of {list(GROWTH_STRATEGIES)}, "
+                         f"got {merged['growth_strategy']!r}")
     if merged["epsilon_scale"] not in EPSILON_SCALES:
         raise ValueError(f"trial.epsilon_scale must be one of {list(EPSILON_SCALES)}, got {merged['epsilon_scale']!r}")
     if merged["symmetry_breaking"] not in SYMMETRY_BREAKING:
@@ -205,13 +213,20 @@ def build_network(params: Dict[str, Any], data) -> nn.Module:
         widths = params["widths"] or scale_widths(name, params["width_multiplier"] or 1.0)
         return build_model(name, widths=list(widths), **model_kwargs(name, data))
     parent, state = load_checkpoint(params["parent_checkpoint"])
-    splits = load_splits(params["parent_splits"])
     plan = {k: [int(i) for i in v] for k, v in (params["split_plan"] or {}).items()}
+    if params["growth_strategy"] == "firefly":  # candidate j < n: split neuron j; n + k: new neuron k
+        model = apply_firefly(parent, load_firefly(params["parent_splits"]), plan)
+        return _check_grown(model, params, state)
+    splits = load_splits(params["parent_splits"])
     old_widths = {layer: int(splits[layer].num_neurons) for layer in plan if layer in splits}
     scaled = scale_directions(parent, splits, params["epsilon_scale"])
     model = apply_splits(parent, scaled, plan, epsilon=float(params["epsilon"]))
     break_symmetry(model, splits, plan, old_widths, params["symmetry_breaking"], float(params["symmetry_scale"]),
                    seed=int(params["seed"]) + int(params["step"]))
+    return _check_grown(model, params, state)
+
+
+def _check_grown(model: nn.Module, params: Dict[str, Any], state: dict) -> nn.Module:
     grown = current_widths(model)
     if params["widths"] is not None and list(params["widths"]) != grown:
         raise RuntimeError(f"splitting {params['split_plan']} of widths {state['widths']} gave {grown}, "
@@ -287,12 +302,19 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
     splits, costs, error, split_seconds = None, {}, "", None
     try:
         phase_started = time.time()
-        splits = compute_splitting(model, nn.CrossEntropyLoss(), split_loader(params, data),
-                                   method=params["split_method"], max_batches=_split_batches(params))
+        if params["growth_strategy"] == "firefly":
+            splits = compute_firefly(model, nn.CrossEntropyLoss(), split_loader(params, data),
+                                     epsilon=float(params["epsilon"]), max_batches=_split_batches(params),
+                                     seed=int(params["seed"]))
+            save = save_firefly
+        else:
+            splits = compute_splitting(model, nn.CrossEntropyLoss(), split_loader(params, data),
+                                       method=params["split_method"], max_batches=_split_batches(params))
+            save = save_splits
         split_seconds = time.time() - phase_started
         model = model.cpu()  # counting, costs and the checkpoint on the CPU
         costs = {kind: neuron_costs(model, dummy, kind=kind) for kind in ("params", "flops")}
-        atomic_save(splits_path, lambda p: save_splits(splits, p))
+        atomic_save(splits_path, lambda p: save(splits, p))
     except Exception as exc:  # keep the trained network and its accuracy; the tuner stops this lineage
         _logger.exception("computing the splitting indexes failed")
         error = f"{type(exc).__name__}: {exc}"

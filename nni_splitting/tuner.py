@@ -49,7 +49,7 @@ from .dispatcher import DispatcherClient, verified_result
 from .scheduler import RESUME_TIMEOUT_S, Policy, Scheduler
 from .splitting import METHODS
 from .storage import INDEX_FILE, StorageMap, atomic_write_json, read_json, trial_output_dir
-from .trial import check_train_settings
+from .trial import GROWTH_STRATEGIES, check_train_settings
 
 __all__ = ["SplittingTuner", "SplittingArguments", "SplittingClassArgsValidator", "COSTS", "exact_counter"]
 
@@ -96,6 +96,10 @@ class SplittingArguments(NamedTuple):
         with none stops, splitting-stable); ``"lowest_fraction"``: the lowest ones whatever their sign
         (the official code's rule; ``threshold`` is not used).  Both split ``grow_ratio`` /
         ``max_splits`` neurons per step.
+    strategy
+        ``"s2d"`` (default): trials compute splitting indexes (the paper); ``"firefly"``: trials score
+        Firefly candidates, splits and new neurons (:mod:`nni_splitting.firefly`), and the same
+        selection picks among them.  Sets the trials' ``growth_strategy``.
     cost
         ``"none"``: rank by index; ``"params"`` / ``"flops"``: rank by index per added parameter /
         FLOP (the trial's ``neuron_costs``).
@@ -131,6 +135,7 @@ class SplittingArguments(NamedTuple):
     epsilon: float = EPSILON
     method: str = METHOD
     selection: str = "negative"
+    strategy: str = "s2d"
     cost: str = "none"
     budget: Any = None
     beam: int = 1
@@ -213,6 +218,11 @@ class SplittingClassArgsValidator(ClassArgsValidator):
             raise ValueError(f"selection must be one of {list(TUNER_SELECTIONS)}, got {args.selection!r}")
         if args.selection == "lowest_fraction" and args.cost != "none":
             raise ValueError(f"selection='lowest_fraction' ranks by index only; got cost={args.cost!r}")
+        if args.strategy not in GROWTH_STRATEGIES:
+            raise ValueError(f"strategy must be one of {list(GROWTH_STRATEGIES)}, got {args.strategy!r}")
+        if args.strategy != "s2d" and (args.trial or {}).get("growth_strategy", args.strategy) != args.strategy:
+            raise ValueError(f"strategy={args.strategy!r} but trial.growth_strategy="
+                             f"{args.trial['growth_strategy']!r}: give one")
         if args.cost not in COSTS:
             raise ValueError(f"cost must be one of {list(COSTS)}, got {args.cost!r}")
         lin.parse_budget(args.budget)
@@ -261,14 +271,16 @@ class SplittingTuner(Tuner):
     def __init__(self, model: str = "small_cnn", seed_widths=0.25, max_steps: int = 4,
                  grow_ratio: Optional[float] = None, max_splits: Optional[int] = None,
                  max_per_layer: Optional[int] = None, threshold: float = 0.0, epsilon: float = EPSILON,
-                 method: str = METHOD, selection: str = "negative", cost: str = "none", budget=None, beam: int = 1, retries: int = 1,
+                 method: str = METHOD, selection: str = "negative", strategy: str = "s2d", cost: str = "none",
+                 budget=None, beam: int = 1, retries: int = 1,
                  trial: Optional[dict] = None, storage_path: Optional[str] = None,
                  local_storage_path: Optional[str] = None, resume_timeout: float = RESUME_TIMEOUT_S,
                  lineage_settings: Optional[List[dict]] = None,
                  policy: Optional[Policy] = None, **unknown):
         kwargs = dict(model=model, seed_widths=seed_widths, max_steps=max_steps, grow_ratio=grow_ratio,
                       max_splits=max_splits, max_per_layer=max_per_layer, threshold=threshold, epsilon=epsilon,
-                      method=method, selection=selection, cost=cost, budget=budget, beam=beam, retries=retries, trial=trial,
+                      method=method, selection=selection, strategy=strategy, cost=cost, budget=budget, beam=beam,
+                      retries=retries, trial=trial,
                       storage_path=storage_path, local_storage_path=local_storage_path,
                       resume_timeout=resume_timeout, lineage_settings=lineage_settings)
         SplittingClassArgsValidator().validate_class_args(**kwargs, **unknown)

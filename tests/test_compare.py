@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from nni_splitting import experiment as ex
+from nni_splitting.arms import arm_label
 from nni_splitting.compare import CompareTuner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +126,10 @@ def test_compare_experiment_has_flat_columns(tiny):
     trials = ex.read_trials(base)
     results = [t["result"] for t in trials if t["status"] == "SUCCEEDED"]
     assert len(results) == len(trials) == 16, [(t["id"], t["status"]) for t in trials]
+    # trialConcurrency 2: every dashboard row's parameter columns belong to the trial that reported it
+    for trial in trials:
+        assert trial["parameters"]["node_id"] == trial["result"]["node"], trial
+        assert trial["result"]["arm"] == arm_label(trial["parameters"]["arm"], trial["parameters"]), trial
     for result in results:
         assert all(k in result for k in FLAT), result
         assert all(not isinstance(v, (dict, list)) for v in result.values()), result  # flat for the dashboard
@@ -227,3 +232,14 @@ def test_step_baselines_are_queued_when_the_step_reports_and_only_for_baseline_s
     assert [(p["arm"], p["step"]) for p in l1] == [("l1", 1)] and abs(l1[0]["target_ratio"] - 0.2) < 1e-9
     with pytest.raises(ValueError, match="baseline_steps"):
         CompareTuner(max_steps=2, baseline_steps=[3])
+
+
+def test_compare_class_args_validator_is_public_and_cheap():
+    from nni_splitting.compare import CompareClassArgsValidator
+    check = CompareClassArgsValidator().validate_class_args
+    check(model="small_cnn", arms=["pruning", "uniform"], pruners=["l1"], baseline_steps=[0, 2], max_steps=2)
+    for bad, match in (({"arms": ["pruning", "magic"]}, "unknown arms"), ({"pruners": "l1"}, "list of names"),
+                       ({"finetune_epochs": 0}, "finetune_epochs"), ({"baseline_steps": [5]}, "baseline_steps"),
+                       ({"max_step": 3}, "unknown classArgs")):
+        with pytest.raises(ValueError, match=match):
+            check(**bad)

@@ -170,3 +170,30 @@ def test_child_network_uses_the_offspring_settings(seed_run, settings):
     varied = build_network(resolve_params({}, dict(base, **settings)), None)
     changed = [k for k, v in plain.state_dict().items() if not torch.equal(v, varied.state_dict()[k])]
     assert changed, settings
+
+
+def test_firefly_trials_score_candidates_and_grow_new_neurons(tmp_path):
+    """growth_strategy='firefly': the trial saves Firefly candidates; a child grows by a split and a new neuron."""
+    seed_params = resolve_params({}, dict(FAST, widths=[4, 6, 8], node_id="l0s0-ff", growth_strategy="firefly"))
+    seed = run_trial(seed_params, tmp_path / "seed")
+    info = json.loads(Path(seed["indexes"]).read_text())
+    layer = info["width_layers"][1]
+    scores = info["eigenvalues"][layer]
+    assert len(scores) > 6  # 6 splits, then the new-neuron candidates
+    plan = {layer: [0, 6]}  # split neuron 0, add new neuron 0
+    child_params = resolve_params({}, dict(FAST, step=1, node_id="l0s1-ff", parent_checkpoint=seed["checkpoint"],
+                                           parent_splits=seed["splits"], split_plan=plan, widths=[4, 8, 8],
+                                           growth_strategy="firefly"))
+    child = run_trial(child_params, tmp_path / "child")
+    assert child["widths"] == "4,8,8" and child["params"] > seed["params"]
+    with pytest.raises(ValueError, match="growth_strategy"):
+        resolve_params({}, {"growth_strategy": "s3d"})
+
+
+def test_tuner_strategy_reaches_the_trials():
+    from nni_splitting.tuner import SplittingTuner
+    tuner = SplittingTuner(seed_widths=[2, 4, 8], strategy="firefly", trial={"epochs": 1})
+    tuner.end_hook = None
+    assert tuner.generate_multiple_parameters([0])[0]["growth_strategy"] == "firefly"
+    with pytest.raises(ValueError, match="give one"):
+        SplittingTuner(strategy="firefly", trial={"growth_strategy": "s2d"})
