@@ -197,7 +197,7 @@ class SplittingGrower:
         if isinstance(strategy, GrowthStrategy):
             return make_strategy(strategy, **options)
         defaults = {"epsilon": self.epsilon}
-        if strategy == "s2d":
+        if strategy in ("s2d", "s3d"):
             defaults.update(method=self.method, surrogate_beta=self.surrogate_beta)
         return make_strategy(strategy, **{**defaults, **options})
 
@@ -237,7 +237,7 @@ class SplittingGrower:
             if config["cost"]:
                 options["costs"] = neuron_costs(model if model is not None else self.model,
                                                 self.batches[0][0][:1], kind=config["cost"], layers=list(subset))
-            plan.update(select(subset, config["selection"], **options))
+            plan.update(self.strategy.select(subset, config["selection"], **options))
         return plan
 
     def _split(self, model: nn.Module, splits: Dict[str, LayerSplitting], plan: Dict[str, List[int]]) -> nn.Module:

@@ -31,10 +31,11 @@ from .activations import DEFAULT_SURROGATE_BETA
 from .defaults import EPSILON, METHOD, SELECTION
 from .firefly import apply_firefly, compute_firefly
 from .selection import select
+from .signed import SIGNED_WEIGHT, apply_signed_splits, signed_indexes
 from .splitting import compute_splitting
 from .surgery import apply_splits
 
-__all__ = ["GrowthStrategy", "S2DStrategy", "FireflyStrategy", "STRATEGIES", "register_strategy", "make_strategy"]
+__all__ = ["GrowthStrategy", "S2DStrategy", "S3DStrategy", "FireflyStrategy", "STRATEGIES", "register_strategy", "make_strategy"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,28 @@ class S2DStrategy(GrowthStrategy):
         return apply_splits(model, scores, plan, epsilon=self.epsilon)
 
 
+class S3DStrategy(S2DStrategy):
+    """Signed splitting (:mod:`nni_splitting.signed`): ranks ``min(lambda_min, -a/(1+a) lambda_max)``,
+    splits each chosen neuron by its better scheme (positive, or signed output weights ``(1 + a, -a)``).
+
+    Options as :class:`S2DStrategy` (``lambda_max`` is always computed), plus ``a``.
+    """
+
+    name = "s3d"
+
+    def __init__(self, epsilon: float = EPSILON, method: str = METHOD,
+                 surrogate_beta: float = DEFAULT_SURROGATE_BETA, a: float = SIGNED_WEIGHT, **options):
+        fast_options = dict(options.pop("fast_options", None) or {}, largest=True)
+        super().__init__(epsilon, method, surrogate_beta, fast_options=fast_options, **options)
+        self.a = a
+
+    def select(self, scores, rule=SELECTION, **options):
+        return select(signed_indexes(scores, self.a), rule, **options)  # both schemes on one scale
+
+    def apply(self, model, scores, plan):
+        return apply_signed_splits(model, scores, plan, epsilon=self.epsilon, a=self.a)
+
+
 _FIREFLY_OPTIONS = ("new_epsilon", "new_neurons", "kinds", "steps", "score_batches", "lr", "input_scale", "seed",
                     "max_batches")
 
@@ -125,7 +148,7 @@ class FireflyStrategy(GrowthStrategy):
 
 
 #: ``{name: strategy class}``; add one with :func:`register_strategy`.
-STRATEGIES: Dict[str, Type[GrowthStrategy]] = {"s2d": S2DStrategy, "firefly": FireflyStrategy}
+STRATEGIES: Dict[str, Type[GrowthStrategy]] = {"s2d": S2DStrategy, "s3d": S3DStrategy, "firefly": FireflyStrategy}
 
 
 def register_strategy(name: str, strategy: Type[GrowthStrategy], replace: bool = False) -> None:

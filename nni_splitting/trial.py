@@ -38,6 +38,7 @@ from .defaults import EPSILON, METHOD
 from .data import DATASETS, dummy_input, load_dataset, make_loaders
 from .models import build_model, current_widths, scale_widths
 from .firefly import apply_firefly, compute_firefly, load_firefly, save_firefly
+from .signed import apply_signed_splits, signed_indexes
 from .offspring import EPSILON_SCALES, SYMMETRY_BREAKING, break_symmetry, scale_directions
 from .splitting import compute_splitting, load_splits, save_splits
 from .storage import INDEX_FILE, SPLITS_FILE, CHECKPOINT_FILE, atomic_save, atomic_write_json, trial_output_dir
@@ -50,7 +51,7 @@ __all__ = ["TRAIN_DEFAULTS", "ARCH_DEFAULTS", "check_train_settings", "resolve_p
 _logger = logging.getLogger("nni_splitting.trial")
 
 #: Values of the ``growth_strategy`` training setting.
-GROWTH_STRATEGIES = ("s2d", "firefly")
+GROWTH_STRATEGIES = ("s2d", "s3d", "firefly")
 
 #: Training settings (the tuner's ``trial`` classArg overrides them).
 TRAIN_DEFAULTS: Dict[str, Any] = {
@@ -81,7 +82,8 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "device": "auto",          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     "full_width_multiplier": 1.0,  # the "full" model = this times the model's default widths (the reference of
                                    # params_ratio / flops_ratio, the full arm the pruners start from, uniform's base)
-    "growth_strategy": "s2d",     # "s2d" (splitting indexes, the paper) or "firefly" (splits + new neurons, scored)
+    "growth_strategy": "s2d",     # "s2d" (splitting indexes, the paper), "s3d" (signed splits, nni_splitting.signed)
+                                  # or "firefly" (splits + new neurons, scored: nni_splitting.firefly)
     "epsilon_scale": "absolute",  # offspring theta +- eps v ("absolute") or +- eps ||theta|| v ("relative")
     "symmetry_breaking": "none",  # "none", "noise" or "bn_scale" on the appended offspring (nni_splitting.offspring)
     "symmetry_scale": 0.1,        # its size: noise std / ||theta|| per weight * sqrt(d), or the BN scale's 1 + x
@@ -218,6 +220,8 @@ def build_network(params: Dict[str, Any], data) -> nn.Module:
         model = apply_firefly(parent, load_firefly(params["parent_splits"]), plan)
         return _check_grown(model, params, state)
     splits = load_splits(params["parent_splits"])
+    if params["growth_strategy"] == "s3d":  # each neuron by its better scheme, positive or signed
+        return _check_grown(apply_signed_splits(parent, splits, plan, epsilon=float(params["epsilon"])), params, state)
     old_widths = {layer: int(splits[layer].num_neurons) for layer in plan if layer in splits}
     scaled = scale_directions(parent, splits, params["epsilon_scale"])
     model = apply_splits(parent, scaled, plan, epsilon=float(params["epsilon"]))
@@ -308,8 +312,10 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
                                      seed=int(params["seed"]))
             save = save_firefly
         else:
+            # lambda_max (a second LOBPCG solve on fast layers) only where signed splits need it
             splits = compute_splitting(model, nn.CrossEntropyLoss(), split_loader(params, data),
-                                       method=params["split_method"], max_batches=_split_batches(params))
+                                       method=params["split_method"], max_batches=_split_batches(params),
+                                       fast_options={"largest": params["growth_strategy"] == "s3d"})
             save = save_splits
         split_seconds = time.time() - phase_started
         model = model.cpu()  # counting, costs and the checkpoint on the CPU
@@ -324,7 +330,11 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
     flops, n_params = count_model(model, dummy)
     reference = build_model(params["model"], widths=full_widths(params), **model.config)
     ref_flops, ref_params = count_model(reference, dummy)
-    eigenvalues = {name: [float(v) for v in s.eigenvalues] for name, s in (splits or {}).items()}
+    if params["growth_strategy"] == "s3d" and splits:
+        indexes = signed_indexes(splits)  # min(lambda_min, -a/(1+a) lambda_max): one scale for both schemes
+    else:
+        indexes = {name: s.eigenvalues for name, s in (splits or {}).items()}
+    eigenvalues = {name: [float(v) for v in values] for name, values in indexes.items()}
     min_index = min((min(v) for v in eigenvalues.values() if v), default=None)
     info = {
         "node_id": params["node_id"], "trial_id": trial_id, "experiment_id": experiment_id,

@@ -187,7 +187,7 @@ def test_firefly_trials_score_candidates_and_grow_new_neurons(tmp_path):
     child = run_trial(child_params, tmp_path / "child")
     assert child["widths"] == "4,8,8" and child["params"] > seed["params"]
     with pytest.raises(ValueError, match="growth_strategy"):
-        resolve_params({}, {"growth_strategy": "s3d"})
+        resolve_params({}, {"growth_strategy": "s4d"})
 
 
 def test_tuner_strategy_reaches_the_trials():
@@ -197,3 +197,19 @@ def test_tuner_strategy_reaches_the_trials():
     assert tuner.generate_multiple_parameters([0])[0]["growth_strategy"] == "firefly"
     with pytest.raises(ValueError, match="give one"):
         SplittingTuner(strategy="firefly", trial={"growth_strategy": "s2d"})
+
+
+def test_s3d_trials_report_signed_indexes_and_grow_by_them(tmp_path):
+    """growth_strategy='s3d': the index file holds min(lambda_min, -lambda_max / 2); a child grows by it."""
+    from nni_splitting.signed import signed_indexes
+    seed_params = resolve_params({}, dict(FAST, widths=[4, 6, 8], node_id="l0s0-s3d", growth_strategy="s3d"))
+    seed = run_trial(seed_params, tmp_path / "seed")
+    info = json.loads(Path(seed["indexes"]).read_text())
+    splits = load_splits(seed["splits"])
+    layer = info["width_layers"][2]
+    assert info["eigenvalues"][layer] == pytest.approx(signed_indexes(splits)[layer].tolist(), abs=1e-6)
+    assert min(info["eigenvalues"][layer]) <= float(splits[layer].eigenvalues.min()) + 1e-6
+    child_params = resolve_params({}, dict(FAST, step=1, node_id="l0s1-s3d", parent_checkpoint=seed["checkpoint"],
+                                           parent_splits=seed["splits"], split_plan={layer: [0, 1]},
+                                           widths=[4, 6, 10], growth_strategy="s3d"))
+    assert run_trial(child_params, tmp_path / "child")["widths"] == "4,6,10"

@@ -1,0 +1,143 @@
+"""Signed splitting (S3D, nni_splitting.signed) against an fp64 reference, on real models and the digits data."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nni_splitting import apply_splits, compute_splitting, select_neurons
+from nni_splitting.data import load_dataset
+from nni_splitting.models import build_model
+from nni_splitting.signed import apply_signed_splits, predicted_change, signed_indexes, signed_schemes
+
+
+def _digits(n=256):
+    x, y = load_dataset("digits").train.tensors
+    return x[:n].double(), y[:n]
+
+
+def _trained_mlp(activation, widths=(6,), steps=150, seed=0):
+    torch.manual_seed(seed)
+    x, y = _digits()
+    model = build_model("mlp", widths=list(widths), activation=activation).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), x, y
+
+
+def _loss(model, x, y, loss_fn):
+    with torch.no_grad():
+        return float(loss_fn(model(x), y))
+
+
+def test_largest_eigenpairs_match_an_fp64_reference():
+    model, x, y = _trained_mlp("tanh")
+    splits = compute_splitting(model, nn.CrossEntropyLoss(), [(x, y)], method="exact", keep_matrices=True)
+    for split in splits.values():
+        reference = torch.linalg.eigvalsh(split.matrices.double())
+        assert torch.allclose(split.max_eigenvalues.double(), reference[:, -1], atol=1e-10, rtol=1e-8)
+        residual = torch.einsum("nab,nb->na", split.matrices, split.max_directions) \
+            - split.max_eigenvalues[:, None] * split.max_directions
+        assert residual.norm(dim=1).max() < 1e-8
+
+
+@pytest.mark.parametrize("scheme", ["signed", "positive"])
+def test_predicted_loss_change_matches_the_measured_one(scheme):
+    """dL = eps^2/2 * index to within 1% at small eps, for each scheme (fp64, tanh MLP, the same data)."""
+    model, x, y = _trained_mlp("tanh", widths=(8,))
+    loss_fn = nn.CrossEntropyLoss()
+    splits = compute_splitting(model, loss_fn, [(x, y)], method="exact")
+    layer = next(iter(splits))
+    a = 1.0 if scheme == "signed" else 0.01  # a small a makes the signed split weak: S2D's split wins
+    wanted = signed_schemes(splits, a)[layer] if scheme == "signed" else ~signed_schemes(splits, a)[layer]
+    index = signed_indexes(splits, a)[layer]
+    candidates = [j for j in range(len(index)) if bool(wanted[j]) and abs(float(index[j])) > 1e-4]
+    assert candidates, f"no neuron prefers the {scheme} scheme here: {index.tolist()}"
+    plan = {layer: candidates[:3]}
+    eps = 1e-3
+    before = _loss(model, x, y, loss_fn)
+    grown = apply_signed_splits(model, splits, plan, epsilon=eps, a=a)
+    measured = _loss(grown, x, y, loss_fn) - before
+    predicted = predicted_change(splits, plan, eps, a)
+    assert abs(measured - predicted) <= 0.01 * abs(predicted), (measured, predicted)
+    if scheme == "positive":  # the positive scheme is S2D's split, exactly
+        plain = apply_splits(model, splits, plan, epsilon=eps)
+        assert all(torch.allclose(a, b) for a, b in zip(plain.state_dict().values(), grown.state_dict().values()))
+
+
+def test_function_is_preserved_at_zero_epsilon_with_signed_output_weights():
+    model, x, y = _trained_mlp("tanh")
+    splits = compute_splitting(model, nn.CrossEntropyLoss(), [(x, y)], method="exact")
+    layer = next(iter(splits))
+    grown = apply_signed_splits(model, splits, {layer: list(range(6))}, epsilon=0.0, a=2.0)
+    assert torch.allclose(grown(x), model(x), atol=1e-12)
+    consumer = dict(grown.named_modules())[splits[layer].group.consumers[0].module]
+    signed = signed_schemes(splits, a=2.0)[layer]
+    original = dict(model.named_modules())[splits[layer].group.consumers[0].module].weight
+    for j in range(6):  # signed pairs carry (1 + a) and -a of the original output weights
+        if bool(signed[j]):
+            assert torch.allclose(consumer.weight[:, j], 3 * original[:, j])
+            assert torch.allclose(consumer.weight[:, 6 + j], -2 * original[:, j])
+
+
+def test_signed_splitting_grows_a_network_that_is_splitting_stable_for_s2d():
+    """Every lambda_min >= 0 (S2D stops); S3D's signed splits still lower the loss."""
+    torch.manual_seed(1)
+    x, _ = _digits()
+    model = build_model("mlp", widths=[4], activation="softplus").double().eval()
+    with torch.no_grad():
+        model.classifier.fc.weight.abs_()
+        target = model(x) - 1.0  # dL/df > 0 everywhere and positive output weights: dL/da_j > 0, sigma'' > 0
+    loss_fn = nn.MSELoss()
+    splits = compute_splitting(model, loss_fn, [(x, target)], method="exact")
+    layer = next(iter(splits))
+    assert float(splits[layer].eigenvalues.min()) >= -1e-12  # S_j is positive semi-definite
+    # S2D: splitting-stable (lambda_min = 0 up to rounding, from the always-zero border pixels of digits)
+    assert select_neurons(splits, threshold=-1e-9) == {}
+    index = signed_indexes(splits)[layer]
+    assert (index < 0).all() and bool(signed_schemes(splits)[layer].all())
+    plan = select_neurons({layer: index}, max_splits=2, threshold=0.0)
+    before = _loss(model, x, target, loss_fn)
+    grown = apply_signed_splits(model, splits, plan, epsilon=0.2)
+    assert _loss(grown, x, target, loss_fn) < before - 0.5 * abs(predicted_change(splits, plan, 0.2))
+
+
+def test_bad_signed_input_is_refused():
+    model, x, y = _trained_mlp("tanh", steps=1)
+    splits = compute_splitting(model, nn.CrossEntropyLoss(), [(x, y)], method="exact",
+                               fast_options={"largest": False})
+    layer = next(iter(splits))
+    with pytest.raises(ValueError, match="signed weight"):
+        signed_indexes(splits, a=0)
+    with pytest.raises(ValueError, match="epsilon"):
+        apply_signed_splits(model, splits, {layer: [0]}, epsilon=-1)
+    stripped = {layer: splits[layer]}
+    stripped[layer].max_eigenvalues = None
+    with pytest.raises(ValueError, match="lambda_max"):
+        signed_indexes(stripped)
+
+
+def test_grower_with_s3d_grows_where_s2d_is_stuck():
+    """SplittingGrower(strategy='s3d') on the splitting-stable toy: S2D adds nothing, S3D adds neurons."""
+    from nni_splitting import SplittingGrower
+    torch.manual_seed(1)
+    x, _ = _digits()
+    model = build_model("mlp", widths=[4], activation="softplus").double().eval()
+    with torch.no_grad():
+        model.classifier.fc.weight.abs_()
+        target = model(x) - 1.0
+    config = [{"op_types": ["Linear"], "max_splits": 2, "threshold": -1e-9}]
+    grown = {}
+    for strategy in ("s2d", "s3d"):
+        grower = SplittingGrower(model, config, batches=[(x, target)], loss_fn=nn.MSELoss(), strategy=strategy,
+                                 strategy_options={"method": "exact"}, epsilon=0.2)
+        grown[strategy] = grower.step()
+        assert grower.history[-1]["strategy"] == strategy
+    assert grown["s2d"] is model or sum(p.numel() for p in grown["s2d"].parameters()) == \
+        sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in grown["s3d"].parameters()) > sum(p.numel() for p in model.parameters())
+    loss = nn.MSELoss()
+    assert _loss(grown["s3d"], x, target, loss) < _loss(model, x, target, loss)
