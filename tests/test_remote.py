@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -273,42 +274,106 @@ def _trial_keeper_pid(home: Path, experiment_id: str, timeout: float = 90):
     return None
 
 
-def test_remote_training_service_grows_two_steps_over_ssh(tmp_path):
+def _dispatcher_env(checkpoint_dir: Path, timeout: float = 60) -> dict:
+    """The ``NNI_*`` environment of the experiment's dispatcher (the tuner's process), found by its checkpoint dir."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                items = (entry / "environ").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            env = dict(item.split("=", 1) for item in items if "=" in item)
+            if env.get("NNI_CHECKPOINT_DIRECTORY") == str(checkpoint_dir) and "NNI_TUNER_COMMAND_CHANNEL" in env:
+                return {k: v for k, v in env.items() if k.startswith("NNI")}
+        time.sleep(0.5)
+    return {}
+
+
+@pytest.fixture(scope="module")
+def remote_run(tmp_path_factory):
+    """One real experiment on the remote training service; what the tests below check, gathered while it ran."""
+    tmp_path = tmp_path_factory.mktemp("remote")
     started = time.time()
     store, worker_view = tmp_path / "store", tmp_path / "worker-view"
     store.mkdir()
+    run = dict(tmp_path=tmp_path, store=store, worker_view=worker_view)
     try:
         with ssh_worker(tmp_path / "sshd", store, worker_view) as worker:
-            # The SSH server listens on 127.0.0.1, on its port, and nowhere else.
-            assert listening(worker["pid"]) == [("127.0.0.1", worker["port"])]
-            outside = _outside_address()
-            assert outside is None or _refused(outside, worker["port"]), f"sshd answers on {outside}"
-            probe = _ssh(worker, f'echo "$HOME"; test -d "{worker_view}" && echo worker-view-ok')
-            assert probe.returncode == 0, probe.stderr
-            assert probe.stdout.split() == [str(worker["home"]), "worker-view-ok"]
+            run.update(worker=worker, sshd_listening=listening(worker["pid"]), outside=_outside_address())
+            run["outside_refused"] = run["outside"] is None or _refused(run["outside"], worker["port"])
+            run["probe"] = _ssh(worker, f'echo "$HOME"; test -d "{worker_view}" && echo worker-view-ok')
 
             path = _config(tmp_path, worker, store, worker_view)
+            run["class_args"] = ex.load_config(path)["tuner"]["classArgs"]
             port = ex.free_port(start=worker["port"] + 2)
-            experiment_id = ex.create(path, port, env=ex.venv_env())
+            experiment_id = run["experiment_id"] = ex.create(path, port, env=ex.venv_env())
             try:  # stopped before sshd: NNI shuts the worker's trial keeper down through its channel
                 base = ex.rest_url(port)
-                # NNI's trial keeper on the worker serves its trials on loopback only (the preload sshd sets).
                 keeper = _trial_keeper_pid(worker["home"], experiment_id)
-                assert keeper is not None, _diagnose(tmp_path, experiment_id, worker)
-                assert {address for address, _ in listening(keeper)} == {"127.0.0.1"}
-
-                final = ex.wait(base, timeout=240)
-                trials = ex.read_trials(base)
-                assert final == "DONE", (final, [(t["id"], t["status"]) for t in trials],
-                                         _diagnose(tmp_path, experiment_id, worker))
-                _check_lineage(trials, experiment_id, store, worker_view, worker["isolated"])
-                assert experiment_id in os.listdir(worker["home"] / "nni-experiments")  # the worker's bookkeeping
+                run["keeper_listening"] = listening(keeper) if keeper else None
+                run["dispatcher_env"] = _dispatcher_env(tmp_path / "nni" / experiment_id / "checkpoint")
+                run["final"] = ex.wait(base, timeout=240)
+                run["trials"] = ex.read_trials(base)
+                run["worker_experiments"] = os.listdir(worker["home"] / "nni-experiments")
+                if run["final"] != "DONE":
+                    run["diagnosis"] = _diagnose(tmp_path, experiment_id, worker)
             finally:
                 ex.stop(experiment_id)
     finally:
-        leftovers = _kill_leftovers(str(tmp_path))
-    assert not leftovers, f"processes outlived the experiment and sshd (killed): {leftovers}"
-    assert time.time() - started < 240
+        run["leftovers"] = _kill_leftovers(str(tmp_path))
+    run["seconds"] = time.time() - started
+    return run
+
+
+def test_sshd_listens_on_127_0_0_1_only(remote_run):
+    worker = remote_run["worker"]
+    assert remote_run["sshd_listening"] == [("127.0.0.1", worker["port"])]  # its only listening socket
+    assert remote_run["outside_refused"], f"sshd answers on {remote_run['outside']}"
+    probe = remote_run["probe"]  # our own client, checking the throw-away host key
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == [str(worker["home"]), "worker-view-ok"]
+
+
+def test_remote_training_service_grows_two_steps_over_ssh(remote_run):
+    trials = remote_run["trials"]
+    assert remote_run["final"] == "DONE", (remote_run["final"], [(t["id"], t["status"]) for t in trials],
+                                           remote_run.get("diagnosis"))
+    _check_lineage(trials, remote_run["experiment_id"], remote_run["store"], remote_run["worker_view"],
+                   remote_run["worker"]["isolated"])
+    assert remote_run["experiment_id"] in remote_run["worker_experiments"]  # the worker's own bookkeeping
+    assert not remote_run["leftovers"], f"processes outlived the experiment and sshd (killed): {remote_run['leftovers']}"
+    assert remote_run["seconds"] < 240
+
+
+def test_trial_keeper_serves_its_trials_on_loopback_only(remote_run):
+    """NNI's trial keeper listens on every interface (``::``) unless the loopback preload is in the SSH session."""
+    assert remote_run["keeper_listening"], "no trial keeper seen on the worker"
+    assert {address for address, _ in remote_run["keeper_listening"]} == {"127.0.0.1"}
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="tuner.py _index_candidates builds <storage_path>/<NNI_EXP_ID>/<trial>, but "
+                   "NNI 3.0 starts the dispatcher without NNI_EXP_ID (it looks in STANDALONE/): after a resume the "
+                   "tuner cannot adopt a remote trial's finished work; see docs/remote.md")
+def test_tuner_in_dispatcher_env_finds_remote_trials_finished_work(remote_run, monkeypatch):
+    """What ``nnictl resume`` relies on: the tuner, in the dispatcher's environment, verifies a finished trial's files."""
+    from nni_splitting.tuner import SplittingTuner
+
+    env = remote_run["dispatcher_env"]
+    if not env.get("NNI_CHECKPOINT_DIRECTORY") or remote_run["final"] != "DONE":  # not the expected failure
+        raise RuntimeError(f"no finished run to check (status {remote_run['final']}, dispatcher env {env})")
+    for key in [k for k in os.environ if k.startswith("NNI")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key != "NNI_TUNER_COMMAND_CHANNEL":  # the experiment is stopped: no REST calls
+            monkeypatch.setenv(key, value)
+    tuner = SplittingTuner(**remote_run["class_args"])
+    tuner.end_hook = None
+    last = remote_run["trials"][-1]
+    found = tuner._verify(types.SimpleNamespace(node_id=last["parameters"]["node_id"]), last["id"])
+    assert found is not None and found["checkpoint"] == last["result"]["checkpoint"]
 
 
 def _check_lineage(trials, experiment_id, store: Path, worker_view: Path, isolated: bool):
