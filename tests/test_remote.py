@@ -12,9 +12,15 @@ tmpfs.  So the trials can only write through the worker view and the tuner can o
 its own view: a wrong path mapping on either side fails the test.  Where ``unshare``/``mount`` are not
 allowed the worker view is a symlink to the store (both paths then work on both sides, weaker).
 
+One experiment runs per module (fixture ``remote_run``); the tests check what was seen while it ran:
+sshd's and NNI's trial keeper's listening addresses, the lineage, and (a strict xfail until tuner.py
+is fixed, docs/remote.md) whether the tuner, in the environment NNI 3.0 gives its dispatcher, finds a
+remote trial's finished work as a resume needs.
+
 Skipped, with the reason, without an sshd binary (``apt-get install -y openssh-server``), without
-root (sshd must switch to the logged-in user) or without nnictl.  sshd and the experiment are stopped
-in every case.  About a minute on 2 CPU cores.
+root (sshd must switch to the logged-in user) or without nnictl.  The experiment (by its id) and
+sshd are stopped in every case, and processes left under tmp_path are killed by pid.  About 40 s on
+2 CPU cores.
 """
 from __future__ import annotations
 
@@ -344,21 +350,23 @@ def test_remote_training_service_grows_two_steps_over_ssh(remote_run):
     _check_lineage(trials, remote_run["experiment_id"], remote_run["store"], remote_run["worker_view"],
                    remote_run["worker"]["isolated"])
     assert remote_run["experiment_id"] in remote_run["worker_experiments"]  # the worker's own bookkeeping
-    assert not remote_run["leftovers"], f"processes outlived the experiment and sshd (killed): {remote_run['leftovers']}"
+    leftovers = remote_run["leftovers"]
+    assert not leftovers, f"processes outlived the experiment and sshd (killed): {leftovers}"
     assert remote_run["seconds"] < 240
 
 
 def test_trial_keeper_serves_its_trials_on_loopback_only(remote_run):
-    """NNI's trial keeper listens on every interface (``::``) unless the loopback preload is in the SSH session."""
+    """NNI's trial keeper listens on every interface (``::``) unless the SSH session has the loopback preload."""
     assert remote_run["keeper_listening"], "no trial keeper seen on the worker"
     assert {address for address, _ in remote_run["keeper_listening"]} == {"127.0.0.1"}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="tuner.py _index_candidates builds <storage_path>/<NNI_EXP_ID>/<trial>, but "
-                   "NNI 3.0 starts the dispatcher without NNI_EXP_ID (it looks in STANDALONE/): after a resume the "
-                   "tuner cannot adopt a remote trial's finished work; see docs/remote.md")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="tuner.py _index_candidates builds <storage_path>/<NNI_EXP_ID>/<trial>, but NNI 3.0 "
+                          "starts the dispatcher without NNI_EXP_ID (it looks in STANDALONE/): after a resume "
+                          "the tuner cannot adopt a remote trial's finished work; see docs/remote.md")
 def test_tuner_in_dispatcher_env_finds_remote_trials_finished_work(remote_run, monkeypatch):
-    """What ``nnictl resume`` relies on: the tuner, in the dispatcher's environment, verifies a finished trial's files."""
+    """What ``nnictl resume`` relies on: the tuner, in its dispatcher's environment, verifies finished work."""
     from nni_splitting.tuner import SplittingTuner
 
     env = remote_run["dispatcher_env"]
