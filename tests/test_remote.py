@@ -329,7 +329,7 @@ def remote_run(tmp_path_factory):
             finally:
                 ex.stop(experiment_id)
     finally:
-        run["leftovers"] = _kill_leftovers(str(tmp_path))
+        run["leftovers"] = _kill_leftovers(str(tmp_path) + os.sep)
     run["seconds"] = time.time() - started
     return run
 
