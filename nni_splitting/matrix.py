@@ -38,6 +38,7 @@ __all__ = [
     "neuron_inputs",
     "weighted_gram",
     "depthwise_jacobian",
+    "depthwise_jacobian_at",
     "min_eigenpairs",
     "max_eigenpairs",
     "extreme_eigenpairs",
@@ -164,6 +165,30 @@ def depthwise_jacobian(patches: torch.Tensor, first_derivative: torch.Tensor, sc
                        dilation=depthwise.dilation, groups=d)
         jacobians.append(out.reshape(n, d, -1))
     return torch.stack(jacobians, dim=1)
+
+
+def depthwise_jacobian_at(patches: torch.Tensor, slopes: torch.Tensor, depthwise: nn.Conv2d,
+                          input_size: Tuple[int, int], neurons: slice, positions: torch.Tensor) -> torch.Tensor:
+    """:func:`depthwise_jacobian` at the output positions ``positions`` only (flat indices into the
+    depthwise output grid): ``J_{j,q} = sum_k K_{j,k} s_{j,q+k} x~_{q+k}`` gathered, not convolved.
+
+    ``slopes`` are ``c_j sigma'(u_j)`` ``[N, O, H, W]`` (:func:`neuron_slopes`). Returns ``[N, c, d, len(positions)]``.
+    """
+    n, d, _ = patches.shape
+    h, w = input_size
+    (kh, kw), (sh, sw), (dh, dw) = depthwise.kernel_size, depthwise.stride, depthwise.dilation
+    ph, pw = depthwise.padding
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    qh, qw = positions // wo, positions % wo
+    rows = qh[:, None] * sh + torch.arange(kh, device=positions.device)[None, :] * dh  # padded coordinates
+    cols = qw[:, None] * sw + torch.arange(kw, device=positions.device)[None, :] * dw
+    taps = (rows[:, :, None] * (w + 2 * pw) + cols[:, None, :]).reshape(len(positions), kh * kw)  # [Q, K]
+    x = F.pad(patches.reshape(n, d, h, w), (pw, pw, ph, ph)).reshape(n, d, -1)[:, :, taps]  # [N, d, Q, K]
+    part = slopes[:, neurons]
+    s = F.pad(part, (pw, pw, ph, ph)).reshape(n, part.shape[1], -1)[:, :, taps]  # [N, c, Q, K]
+    kernel = depthwise.weight[neurons].detach().to(s.dtype).reshape(part.shape[1], 1, kh * kw)  # [c, 1, K]
+    # J_{j,q} = sum_k (K_{j,k} s_{j,q+k}) x~_{q+k}
+    return torch.einsum("ncqk,ndqk->ncdq", s * kernel, x)
 
 
 def extreme_eigenpairs(matrices: torch.Tensor, chunk: int = 256

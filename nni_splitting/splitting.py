@@ -24,8 +24,8 @@ from .activations import DEFAULT_SURROGATE_BETA
 from .fast import AUTO_EXACT_MAX_D, check_fast_options, solve_max_eigenpairs, solve_min_eigenpairs
 from .graph import NeuronGroup, activation_of_node, find_neuron_groups, handler_for, trace_model
 from .layer_data import FastLayerData
-from .matrix import (DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, extreme_eigenpairs, neuron_inputs,
-                     neuron_slopes, neuron_weights, weighted_gram)
+from .matrix import (DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, depthwise_jacobian_at,
+                     extreme_eigenpairs, neuron_inputs, neuron_slopes, neuron_weights, weighted_gram)
 
 __all__ = ["LayerSplitting", "compute_splitting", "save_splits", "load_splits", "METHODS"]
 
@@ -176,7 +176,8 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
                       batches: Iterable, method: str = "exact", layers: Optional[Sequence[str]] = None,
                       surrogate_beta: float = DEFAULT_SURROGATE_BETA, max_batches: Optional[int] = None,
                       memory_limit: int = DEFAULT_MEMORY_LIMIT, progress: bool = False,
-                      keep_matrices: bool = False, fast_options: Optional[dict] = None) -> Dict[str, LayerSplitting]:
+                      keep_matrices: bool = False, fast_options: Optional[dict] = None,
+                      position_samples: Optional[int] = None, seed: int = 0) -> Dict[str, LayerSplitting]:
     """Splitting indexes (``lambda_min``) and splitting gradients (``v_min``) of every splittable neuron.
 
     Parameters
@@ -212,6 +213,14 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
         Options of the fast eigensolver (``tol``, ``max_iter``, ``block``, ``seed``, ``chunk_elements``),
         ``exact_max_d`` for ``"auto"`` and ``largest`` (also ``lambda_max`` / ``v_max`` by a second
         LOBPCG, default ``True``); see :func:`nni_splitting.fast.check_fast_options`.
+    position_samples : int, optional
+        Exact layers only: average each sample's sum over positions ``p`` (and ``q`` of a depthwise
+        term) over this many positions drawn at random per batch, scaled by ``P / position_samples``:
+        an unbiased estimate of ``S_j`` at a fraction of the cost (positions of one image are strongly
+        correlated; more images with fewer positions each is the cheaper way to a good estimate).
+        Default: every position.
+    seed : int
+        Seed of the position draws.
 
     Returns
     -------
@@ -221,7 +230,11 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
+    if position_samples is not None and (isinstance(position_samples, bool) or not isinstance(position_samples, int)
+                                         or position_samples < 1):
+        raise ValueError(f"position_samples={position_samples!r} must be an int >= 1 or None")
     options = check_fast_options(fast_options)
+    positions = torch.Generator().manual_seed(int(seed))
     if surrogate_beta <= 0:
         raise ValueError(f"surrogate_beta={surrogate_beta!r} must be > 0")
     parameter = next(model.parameters(), None)
@@ -283,7 +296,7 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
             batch_size = _batch_size(targets)
             for name, chunk in exact_work:
                 term = _splitting_matrices(groups[name], modules, values, gradients, specs[name],
-                                           specs2.get(name), chunk)
+                                           specs2.get(name), chunk, position_samples, positions)
                 sums[(name, chunk.start)] += batch_size * term
             for cache in caches.values():
                 cache.add(values, gradients, batch_size)
@@ -360,9 +373,20 @@ def _layer_size(layer: nn.Module) -> Tuple[int, int]:
     return handler.num_neurons(layer), handler.parameters_per_neuron(layer)
 
 
+def _sample_positions(count: int, wanted: Optional[int], generator: Optional[torch.Generator], device
+                      ) -> Tuple[Optional[torch.Tensor], float]:
+    """``(indices, count / len(indices))`` of a uniform draw without replacement, or ``(None, 1)`` for all."""
+    if wanted is None or wanted >= count:
+        return None, 1.0
+    return torch.randperm(count, generator=generator)[:wanted].to(device), count / wanted
+
+
 def _splitting_matrices(group: NeuronGroup, modules: Dict[str, nn.Module], values: Dict[str, torch.Tensor],
-                        gradients: Dict[str, Optional[torch.Tensor]], spec, spec2, chunk: slice) -> torch.Tensor:
-    """``S_j`` of one batch for the neurons ``chunk`` of ``group`` (see :mod:`nni_splitting.matrix`)."""
+                        gradients: Dict[str, Optional[torch.Tensor]], spec, spec2, chunk: slice,
+                        position_samples: Optional[int] = None, generator: Optional[torch.Generator] = None
+                        ) -> torch.Tensor:
+    """``S_j`` of one batch for the neurons ``chunk`` of ``group`` (see :mod:`nni_splitting.matrix`);
+    with ``position_samples``, the sums over positions are estimated from that many drawn positions."""
     layer = modules[group.layer]
     patches = neuron_inputs(values[group.input_node].detach(), layer)  # [N, d, P]
     preactivation = values[group.preactivation_node].detach()
@@ -373,8 +397,16 @@ def _splitting_matrices(group: NeuronGroup, modules: Dict[str, nn.Module], value
         return torch.zeros(chunk.stop - chunk.start, patches.shape[1], patches.shape[1],
                            dtype=patches.dtype, device=patches.device)
     # S_j = E[ sum_p dL/da_{j,p} * sigma''(u_{j,p}) * c_j^2 * x~_p x~_p^T ]           (eq. 3)
-    weights = neuron_weights(gradient, preactivation, spec.second, scale).reshape(n, channels, -1)
-    matrices = weighted_gram(patches, weights[:, chunk])
+    # sum_p ~ (P / |p'|) sum_{p in p'} over a uniform draw p' of positions (unbiased)
+    index, factor = _sample_positions(patches.shape[2], position_samples, generator, patches.device)
+    if index is None:
+        weights = neuron_weights(gradient, preactivation, spec.second, scale).reshape(n, channels, -1)
+        matrices = weighted_gram(patches, weights[:, chunk])
+    else:  # the weights only where they are used
+        flat = (gradient.reshape(n, channels, -1)[:, chunk][:, :, index],
+                preactivation.reshape(n, channels, -1)[:, chunk][:, :, index])
+        weights = neuron_weights(*flat, spec.second, scale[chunk]) * factor
+        matrices = weighted_gram(patches[:, :, index], weights)
     if group.depthwise_activation_node and gradients.get(group.depthwise_activation_node) is not None:
         depthwise = modules[group.depthwise]
         u2 = values[group.depthwise_preactivation_node].detach()
@@ -386,8 +418,13 @@ def _splitting_matrices(group: NeuronGroup, modules: Dict[str, nn.Module], value
         slopes = neuron_slopes(preactivation, spec.first, scale)  # c_j sigma'(u_j), inside J_{j,q}
         jacobian_elements = n * patches.shape[1] * weights2.shape[2]  # one neuron's J: [N, d, Q]
         step = max(1, DEFAULT_CHUNK_ELEMENTS // jacobian_elements)
+        index2, factor2 = _sample_positions(weights2.shape[2], position_samples, generator, patches.device)
         for start in range(chunk.start, chunk.stop, step):
             part = slice(start, min(chunk.stop, start + step))
-            jacobian = depthwise_jacobian(patches, slopes, None, depthwise, grid, part)
-            matrices[part.start - chunk.start:part.stop - chunk.start] += weighted_gram(jacobian, weights2[:, part])
+            if index2 is None:
+                jacobian, w2 = depthwise_jacobian(patches, slopes, None, depthwise, grid, part), weights2[:, part]
+            else:  # J only at the drawn positions
+                jacobian = depthwise_jacobian_at(patches, slopes, depthwise, grid, part, index2)
+                w2 = weights2[:, part][:, :, index2] * factor2
+            matrices[part.start - chunk.start:part.stop - chunk.start] += weighted_gram(jacobian, w2)
     return matrices

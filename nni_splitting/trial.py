@@ -77,6 +77,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "split_batches": 8,        # batches used to compute the splitting matrices ...
     "split_samples": None,     # ... or, when set, this many training images (split_batches is then ignored)
     "split_batch_size": None,  # default: batch_size
+    "split_positions": None,   # exact layers: estimate each image's sum over positions from this many drawn ones
     "split_data": "train",     # "train" (the loss being descended, as in the paper) or "val"
     "num_threads": None,       # torch.set_num_threads
     "device": "auto",          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
@@ -112,7 +113,8 @@ ARCH_DEFAULTS: Dict[str, Any] = {
 }
 
 _INT_KEYS = ("epochs", "batch_size", "eval_batch_size", "seed", "data_seed", "split_batches")
-_OPTIONAL_INT_KEYS = ("seed_epochs", "per_class", "split_batch_size", "num_threads", "split_samples")
+_OPTIONAL_INT_KEYS = ("seed_epochs", "per_class", "split_batch_size", "num_threads", "split_samples",
+                      "split_positions")
 
 
 def _is_int(value) -> bool:
@@ -315,7 +317,8 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
             # lambda_max (a second LOBPCG solve on fast layers) only where signed splits need it
             splits = compute_splitting(model, nn.CrossEntropyLoss(), split_loader(params, data),
                                        method=params["split_method"], max_batches=_split_batches(params),
-                                       fast_options={"largest": params["growth_strategy"] == "s3d"})
+                                       fast_options={"largest": params["growth_strategy"] == "s3d"},
+                                       position_samples=params["split_positions"], seed=int(params["seed"]))
             save = save_splits
         split_seconds = time.time() - phase_started
         model = model.cpu()  # counting, costs and the checkpoint on the CPU

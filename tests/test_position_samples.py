@@ -1,0 +1,66 @@
+"""compute_splitting(position_samples=...): an unbiased estimate of the splitting matrices (exact layers)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nni_splitting import compute_splitting
+from nni_splitting.matrix import depthwise_jacobian, depthwise_jacobian_at
+from nni_splitting.models import build_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v1", widths=[3] * 14).double().eval()
+    x = torch.randn(6, 3, 32, 32, dtype=torch.float64)
+    y = torch.randint(0, 10, (6,))
+    return model, [(x, y)]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_jacobian_at_equals_the_full_one_at_those_positions(stride):
+    torch.manual_seed(stride)
+    patches = torch.randn(3, 5, 64, dtype=torch.float64)
+    slopes = torch.randn(3, 4, 8, 8, dtype=torch.float64)
+    dw = nn.Conv2d(4, 4, 3, stride=stride, padding=1, groups=4, bias=False).double()
+    full = depthwise_jacobian(patches, slopes, None, dw, (8, 8), slice(1, 4))
+    q = torch.tensor([0, 5, full.shape[-1] - 1])
+    assert torch.allclose(depthwise_jacobian_at(patches, slopes, dw, (8, 8), slice(1, 4), q), full[..., q],
+                          atol=1e-14)
+
+
+def test_all_positions_is_the_exact_result(tiny):
+    model, batches = tiny
+    full = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="exact", keep_matrices=True)
+    same = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="exact", keep_matrices=True,
+                             position_samples=100_000)
+    for name in full:
+        assert torch.allclose(full[name].matrices, same[name].matrices, atol=1e-14)
+
+
+def test_drawn_positions_average_to_the_exact_matrices(tiny):
+    model, batches = tiny
+    full = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="exact", keep_matrices=True)
+    draws = [compute_splitting(model, nn.CrossEntropyLoss(), batches, method="exact", keep_matrices=True,
+                               position_samples=256, seed=seed) for seed in range(40)]
+    checked = 0
+    for name, reference in full.items():
+        grid = reference.matrices.norm()
+        if grid == 0:
+            continue
+        one = sum((d[name].matrices - reference.matrices).norm() for d in draws) / len(draws) / grid
+        mean = torch.stack([d[name].matrices for d in draws]).mean(0)
+        error = (mean - reference.matrices).norm() / grid
+        # unbiased: the mean of 40 draws is ~1/sqrt(40) as far off as one draw (a bias would not shrink)
+        assert error <= max(0.35 * one, 1e-12), (name, float(one), float(error))
+        checked += int(one > 1e-12)
+    assert checked >= 2  # the layers whose grid has more than 256 positions (32 x 32) were estimated
+
+
+def test_bad_position_samples_are_refused(tiny):
+    model, batches = tiny
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="position_samples"):
+            compute_splitting(model, nn.CrossEntropyLoss(), batches, position_samples=bad)
