@@ -245,6 +245,15 @@ class SplittingClassArgsValidator(ClassArgsValidator):
             raise ValueError("local_storage_path needs storage_path (the same folder as the trials see it)")
 
 
+def _experiment_id() -> Optional[str]:
+    """The experiment's id as the dispatcher can know it: NNI 3.0 starts the tuner without
+    ``NNI_EXP_ID``, but its ``NNI_CHECKPOINT_DIRECTORY`` is ``<experiment dir>/checkpoint``."""
+    if os.environ.get("NNI_EXP_ID"):
+        return os.environ["NNI_EXP_ID"]
+    checkpoints = os.environ.get("NNI_CHECKPOINT_DIRECTORY")
+    return Path(checkpoints).parent.name if checkpoints else None
+
+
 class SplittingTuner(Tuner):
     """Grows networks by splitting steepest descent, one trial per growth step.
 
@@ -434,7 +443,7 @@ class SplittingTuner(Tuner):
         if not trial_id:
             return []
         if self.args.storage_path:
-            folder = trial_output_dir(self.args.storage_path, os.environ.get("NNI_EXP_ID"), trial_id, None)
+            folder = trial_output_dir(self.args.storage_path, _experiment_id(), trial_id, None)
             return [Path(self.storage.to_local(str(folder / INDEX_FILE)))] if folder else []
         checkpoints = os.environ.get("NNI_CHECKPOINT_DIRECTORY")
         if not checkpoints:

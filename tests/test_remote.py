@@ -13,9 +13,9 @@ its own view: a wrong path mapping on either side fails the test.  Where ``unsha
 allowed the worker view is a symlink to the store (both paths then work on both sides, weaker).
 
 One experiment runs per module (fixture ``remote_run``); the tests check what was seen while it ran:
-sshd's and NNI's trial keeper's listening addresses, the lineage, and (a strict xfail until tuner.py
-is fixed, docs/remote.md) whether the tuner, in the environment NNI 3.0 gives its dispatcher, finds a
-remote trial's finished work as a resume needs.
+sshd's and NNI's trial keeper's listening addresses, the lineage, and whether the tuner, in the
+environment NNI 3.0 gives its dispatcher (no NNI_EXP_ID: the id comes from NNI_CHECKPOINT_DIRECTORY),
+finds a remote trial's finished work as a resume needs (it failed before that fix, docs/remote.md).
 
 Skipped, with the reason, without an sshd binary (``apt-get install -y openssh-server``), without
 root (sshd must switch to the logged-in user) or without nnictl.  The experiment (by its id) and
@@ -361,10 +361,6 @@ def test_trial_keeper_serves_its_trials_on_loopback_only(remote_run):
     assert {address for address, _ in remote_run["keeper_listening"]} == {"127.0.0.1"}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="tuner.py _index_candidates builds <storage_path>/<NNI_EXP_ID>/<trial>, but NNI 3.0 "
-                          "starts the dispatcher without NNI_EXP_ID (it looks in STANDALONE/): after a resume "
-                          "the tuner cannot adopt a remote trial's finished work; see docs/remote.md")
 def test_tuner_in_dispatcher_env_finds_remote_trials_finished_work(remote_run, monkeypatch):
     """What ``nnictl resume`` relies on: the tuner, in its dispatcher's environment, verifies finished work."""
     from nni_splitting.tuner import SplittingTuner
