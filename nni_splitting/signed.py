@@ -30,6 +30,7 @@ from typing import Dict, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from .defaults import EPSILON
 from .graph.handlers import handler_for, replace_tensor
 from .splitting import LayerSplitting
 from .surgery import apply_splits, validate_plan
@@ -86,7 +87,7 @@ def _scale_channel_inputs(module: nn.Module, channel: int, block: int, factor: f
 
 
 def apply_signed_splits(model: nn.Module, splits: Mapping[str, LayerSplitting], plan: Mapping[str, Sequence[int]],
-                        epsilon: float = 1e-2, a: float = SIGNED_WEIGHT, inplace: bool = False) -> nn.Module:
+                        epsilon: float = EPSILON, a: float = SIGNED_WEIGHT, inplace: bool = False) -> nn.Module:
     """Grow ``model`` by the neurons of ``plan``, each with its better scheme (see the module docstring).
 
     Offspring ``j`` (in place) and ``n + k`` (appended, ``k``-th of the layer's plan): ``positive``:

@@ -20,6 +20,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from .defaults import EPSILON
 from .graph import LayerHandler, NeuronGroup, handler_for
 from .splitting import LayerSplitting
 
@@ -116,7 +117,7 @@ def split_group(model: nn.Module, group: NeuronGroup, indices: Sequence[int], di
 
 
 def apply_splits(model: nn.Module, splits: Mapping[str, LayerSplitting], plan: Mapping[str, Sequence[int]],
-                 epsilon: float = 1e-2, inplace: bool = False) -> nn.Module:
+                 epsilon: float = EPSILON, inplace: bool = False) -> nn.Module:
     """Grow ``model`` by splitting the neurons of ``plan`` along their splitting gradients.
 
     Parameters

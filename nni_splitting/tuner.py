@@ -202,8 +202,9 @@ class SplittingClassArgsValidator(ClassArgsValidator):
         if args.grow_ratio is not None and args.max_splits is not None:
             raise ValueError(f"give grow_ratio or max_splits, not both "
                              f"(got {args.grow_ratio!r} and {args.max_splits!r})")
-        if args.grow_ratio is not None and not (_is_number(args.grow_ratio) and 0 < args.grow_ratio <= 10):
-            raise ValueError(f"grow_ratio must be a number in (0, 10], got {args.grow_ratio!r}")
+        if args.grow_ratio is not None and not (_is_number(args.grow_ratio) and 0 < args.grow_ratio <= 1):
+            raise ValueError(f"grow_ratio must be a number in (0, 1] (a neuron splits at most once per step), "
+                             f"got {args.grow_ratio!r}")
         for key in ("max_splits", "max_per_layer"):
             value = getattr(args, key)
             if value is not None and not (_is_int(value) and value >= 1):
