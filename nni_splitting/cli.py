@@ -117,7 +117,35 @@ def _print_lineage(base: str) -> bool:
     return best is not None
 
 
-def _watch_growth(args, experiment_id: str, port: int, workdir: Optional[str]) -> int:
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Waiting without a duration to go by (a week): the experiment's own limit ends it first.
+NO_LIMIT_S = 7 * 86400.0
+
+
+def duration_seconds(value) -> Optional[float]:
+    """NNI's ``maxExperimentDuration`` (``"300m"``, ``"2h"``, ``"45s"``, ``"1d"`` or a number of seconds) in seconds."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:])
+    try:
+        return float(text[:-1]) * unit if unit else float(text)
+    except ValueError:
+        raise ValueError(f"maxExperimentDuration={value!r} is not a duration such as '300m' or '2h'") from None
+
+
+def wait_limit(args, config: Optional[Dict[str, Any]] = None) -> float:
+    """``--timeout``, else the experiment's own duration + 10 minutes (so the CLI never cuts a run short)."""
+    if args.timeout is not None:
+        return float(args.timeout)
+    duration = duration_seconds((config or {}).get("maxExperimentDuration"))
+    return NO_LIMIT_S if duration is None else duration + 600.0
+
+
+def _watch_growth(args, experiment_id: str, port: int, workdir: Optional[str],
+                  config: Optional[Dict[str, Any]] = None) -> int:
     folder = nnictl.experiment_dir(experiment_id, workdir)
 
     def on_end(base: str, final: str):
@@ -131,7 +159,7 @@ def _watch_growth(args, experiment_id: str, port: int, workdir: Optional[str]) -
             print(f"NNI error: {error}", file=sys.stderr)
         return final
 
-    final = nnictl.run_until_done(experiment_id, port, args.timeout, on_end, keep=args.keep,
+    final = nnictl.run_until_done(experiment_id, port, wait_limit(args, config), on_end, keep=args.keep,
                                   stopped_note=f"resume with: nni-splitting resume {experiment_id}",
                                   on_poll=progress_printer(time.time(), _start_check(folder)))
     return 0 if final in rest.SUCCESS_STATES else 1
@@ -149,7 +177,7 @@ def _run(args) -> int:
     config = _load(args)
     experiment_id, port = nnictl.start(config, args.config, args.port, public=args.public)
     _dashboard(experiment_id, port, args.public)
-    return _watch_growth(args, experiment_id, port, config.get("experimentWorkingDirectory"))
+    return _watch_growth(args, experiment_id, port, config.get("experimentWorkingDirectory"), config)
 
 
 def _resume(args) -> int:
@@ -177,7 +205,7 @@ def _compare(args) -> int:
                             "--out", args.screenshot], check=False)
         return None
 
-    final = nnictl.run_until_done(experiment_id, port, args.timeout, on_end, keep=args.keep,
+    final = nnictl.run_until_done(experiment_id, port, wait_limit(args, config), on_end, keep=args.keep,
                                   stopped_note=f"view later: nnictl view {experiment_id} --port {port}; "
                                                f"report: nni-splitting report {experiment_id}",
                                   on_poll=progress_printer(time.time(), _start_check(folder)))
@@ -252,7 +280,9 @@ def _experiment_options(parser: argparse.ArgumentParser, config: bool = True) ->
     if config:
         parser.add_argument("--config", required=True, help="NNI config, e.g. experiments/digits.yml")
     parser.add_argument("--port", type=int, help="web/REST port (default: a free one from 8080)")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the end")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds to wait for the end before stopping the experiment (default: the config's "
+                             "maxExperimentDuration + 10 minutes; none set: no limit)")
     parser.add_argument("--workdir", help="experimentWorkingDirectory override")
     parser.add_argument("--keep", action="store_true", help="do not stop the experiment at the end")
     parser.add_argument("--public", action="store_true",

@@ -94,3 +94,16 @@ def test_trials_that_cannot_start_fail_at_once_with_nnis_reason(tmp_path):
     assert "NNI cannot start the trials" in err and "spawn /bin/bash ENOENT" in err, err
     assert "trialCodeDirectory" in err and "stopped" in out
     assert time.time() - started < 150  # not the 600 s timeout
+
+
+def test_the_cli_waits_as_long_as_the_experiment_may_run():
+    """A 300-minute comparison was stopped after the old fixed 1-hour wait; the default now follows the config."""
+    import argparse
+    from nni_splitting.cli import NO_LIMIT_S, duration_seconds, wait_limit
+    assert [duration_seconds(v) for v in ("300m", "2h", "45s", "1d", 90, "120")] == [18000, 7200, 45, 86400, 90, 120]
+    args = argparse.Namespace(timeout=None)
+    assert wait_limit(args, {"maxExperimentDuration": "300m"}) == 18000 + 600
+    assert wait_limit(args, {}) == NO_LIMIT_S
+    assert wait_limit(argparse.Namespace(timeout=30.0), {"maxExperimentDuration": "300m"}) == 30.0
+    with pytest.raises(ValueError, match="maxExperimentDuration"):
+        duration_seconds("soon")
