@@ -5,6 +5,7 @@ about a minute together on 2 CPU cores.
 """
 from __future__ import annotations
 
+import pytest
 import os
 import shutil
 import subprocess
