@@ -5,7 +5,6 @@ about a minute together on 2 CPU cores.
 """
 from __future__ import annotations
 
-import pytest
 import os
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from nni_splitting.cli import main
