@@ -7,6 +7,10 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from .graph import find_neuron_groups, trace_model
+from .splitting import LayerSplitting
+from .surgery import apply_splits
+
 __all__ = ["count_model", "neuron_costs", "COST_KINDS"]
 
 logger = logging.getLogger(__name__)
@@ -33,10 +37,6 @@ def neuron_costs(model: nn.Module, dummy_input: torch.Tensor, kind: str = "param
     Each candidate layer is grown by one neuron (``epsilon = 0``) on a copy, and the increase of the
     counted parameters (``kind="params"``) or FLOPs (``kind="flops"``) is its cost.
     """
-    from .graph import find_neuron_groups, trace_model
-    from .splitting import LayerSplitting
-    from .surgery import apply_splits
-
     if kind not in COST_KINDS:
         raise ValueError(f"kind={kind!r} is not one of {COST_KINDS}")
     parameter = next(model.parameters())
