@@ -42,7 +42,7 @@ from .compare import CompareClassArgsValidator
 from .nni import nnictl, rest
 from .nni.config import is_splitting_tuner, load_config
 from .nni.table import best_row, format_table, lineage_rows, progress_printer
-from .tuner import SplittingClassArgsValidator
+from .tuner_args import SplittingClassArgsValidator
 
 __all__ = ["main", "build_parser", "validate_config", "REGISTRATION", "PUBLIC_WARNING"]
 

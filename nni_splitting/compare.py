@@ -34,7 +34,8 @@ import logging
 
 from .arms import PRUNING_ARMS
 from .comparison_policy import DEFAULT_ARMS, ComparisonPolicy
-from .tuner import SplittingArguments, SplittingClassArgsValidator, SplittingTuner
+from .tuner import SplittingTuner
+from .tuner_args import SplittingArguments, SplittingClassArgsValidator
 
 __all__ = ["CompareTuner", "CompareClassArgsValidator", "COMPARE_ARGS", "DEFAULT_ARMS"]
 
