@@ -40,7 +40,7 @@ from torch.func import functional_call
 from .baselines.growth import add_new_neurons
 from .defaults import EPSILON, GROW_RATIO
 from .graph import NeuronGroup, find_neuron_groups, trace_model
-from .splitting import LayerSplitting
+from .splitting import LayerSplitting, materialize_batches
 from .surgery import apply_splits
 
 __all__ = ["FireflyLayer", "compute_firefly", "apply_firefly", "split_plan", "save_firefly", "load_firefly", "KINDS",
@@ -136,18 +136,6 @@ def _check_positive(name: str, value, integer: bool = False, zero: bool = False)
     if not ok:
         kind = "an integer" if integer else "a finite number"
         raise ValueError(f"{name}={value!r} must be {kind} {'>= 0' if zero else '> 0'}")
-
-
-def _materialize(batches: Iterable, max_batches: Optional[int]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-    if max_batches is not None:
-        _check_positive("max_batches", max_batches, integer=True)
-    items = list(itertools.islice(iter(batches), max_batches))
-    if not items:
-        raise ValueError("batches is empty: Firefly needs at least one (inputs, targets) batch")
-    for index, item in enumerate(items):
-        if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-            raise ValueError(f"batch {index} is {type(item).__name__}, expected an (inputs, targets) pair")
-    return [(item[0], item[1]) for item in items]
 
 
 def _expand_inputs(weights: torch.Tensor, split: Sequence[int], new: int) -> torch.Tensor:
@@ -335,7 +323,9 @@ def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
         raise ValueError(f"score_scale={score_scale!r} must be in (0, 1]")
     if isinstance(kinds, str) or not kinds or set(kinds) - set(KINDS):
         raise ValueError(f"kinds={kinds!r} must be a non-empty list of {KINDS}")
-    data = _materialize(batches, max_batches)
+    if max_batches is not None:
+        _check_positive("max_batches", max_batches, integer=True)
+    data = materialize_batches(batches, max_batches, owner="Firefly")
     for name, value in (("steps", steps), ("score_batches", score_batches)):
         if value is not None:
             _check_positive(name, value, integer=True)

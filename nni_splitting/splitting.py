@@ -126,10 +126,13 @@ class _Recorder(fx.Interpreter):
         return value
 
 
-def _materialize(batches: Iterable, max_batches: Optional[int]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+def materialize_batches(batches: Iterable, max_batches: Optional[int] = None, owner: str = "compute_splitting"
+                        ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``max_batches`` ``(inputs, targets)`` pairs of ``batches`` as a list (read once, kept);
+    ``ValueError`` naming ``owner`` for an empty iterable or an item that is not a pair."""
     items = list(itertools.islice(iter(batches), max_batches))
     if not items:
-        raise ValueError("batches is empty: compute_splitting needs at least one (inputs, targets) batch")
+        raise ValueError(f"batches is empty: {owner} needs at least one (inputs, targets) batch")
     for index, item in enumerate(items):
         if not (isinstance(item, (tuple, list)) and len(item) >= 2):
             raise ValueError(f"batch {index} is {type(item).__name__}, expected an (inputs, targets) pair")
@@ -245,7 +248,7 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
         # eigh and the fast solver have no half-precision kernels (and half sums lose S): work on a float32 copy.
         logger.info("%s is %s: its splitting is computed in float32", type(model).__name__, dtype)
         model, dtype = copy.deepcopy(model).float(), torch.float32
-    data = _materialize(batches, max_batches)
+    data = materialize_batches(batches, max_batches)
 
     def prepare(inputs: torch.Tensor) -> torch.Tensor:
         inputs = inputs.to(device)

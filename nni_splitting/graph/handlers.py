@@ -199,7 +199,20 @@ def _widen_columns(module: nn.Module, indices: List[int], block: int, old_channe
     return weight
 
 
-class LinearHandler(LayerHandler):
+class _RowNeuronsHandler(LayerHandler):
+    """Neuron ``j`` is ``weight[j]`` flattened, then ``bias[j]`` (Linear and Conv2d)."""
+
+    def num_neurons(self, module):
+        return int(module.weight.shape[0])
+
+    def parameters_per_neuron(self, module):
+        return int(module.weight[0].numel()) + int(module.bias is not None)
+
+    def neuron_parameters(self, module):
+        return _weight_and_bias(module)
+
+
+class LinearHandler(_RowNeuronsHandler):
     """``nn.Linear``: neuron ``j`` is row ``j`` of ``weight`` (then its bias); ``x~ = [x, 1]``, ``P = 1``."""
 
     kind = "linear"
@@ -212,15 +225,6 @@ class LinearHandler(LayerHandler):
 
     def consumer_block(self, module, shape, block):
         return block if block is not None else (1 if len(shape) == 2 else None)
-
-    def num_neurons(self, module):
-        return int(module.weight.shape[0])
-
-    def parameters_per_neuron(self, module):
-        return int(module.weight[0].numel()) + int(module.bias is not None)
-
-    def neuron_parameters(self, module):
-        return _weight_and_bias(module)
 
     def set_neuron_parameters(self, module, theta):
         _set_weight_and_bias(module, theta)
@@ -244,7 +248,7 @@ class LinearHandler(LayerHandler):
         module.in_features = _widen_columns(module, indices, block, old_channels).shape[1]
 
 
-class Conv2dHandler(LayerHandler):
+class Conv2dHandler(_RowNeuronsHandler):
     """``nn.Conv2d``: ``groups=1`` mixes channels (``NEURONS``); depthwise is ``DEPTHWISE``; other groups couple.
 
     Neuron ``j`` is ``weight[j]`` flattened (then its bias); ``x~_p`` are the unfolded input patches.
@@ -277,15 +281,6 @@ class Conv2dHandler(LayerHandler):
             raise ValueError(f"padding_mode={module.padding_mode!r} of {module} is not supported (only 'zeros')")
         if isinstance(module.padding, str):
             raise ValueError(f"padding={module.padding!r} of {module} is not supported: give explicit padding")
-
-    def num_neurons(self, module):
-        return int(module.weight.shape[0])
-
-    def parameters_per_neuron(self, module):
-        return int(module.weight[0].numel()) + int(module.bias is not None)
-
-    def neuron_parameters(self, module):
-        return _weight_and_bias(module)
 
     def set_neuron_parameters(self, module, theta):
         _set_weight_and_bias(module, theta)
