@@ -63,13 +63,3 @@ def activation_of_node(graph_module: fx.GraphModule, node: fx.Node,
     if node.op in ("call_function", "call_method"):
         return activation_from_function(node.target, tuple(node.args), dict(node.kwargs), surrogate_beta)
     return None
-
-
-def activation_of_node(graph_module: fx.GraphModule, node: fx.Node,
-                       surrogate_beta: float = DEFAULT_SURROGATE_BETA) -> Optional[ActivationSpec]:
-    """The activation computed by ``node``, or ``None`` if it is not an elementwise activation."""
-    if node.op == "call_module":
-        return activation_from_module(graph_module.get_submodule(node.target), surrogate_beta)
-    if node.op in ("call_function", "call_method"):
-        return activation_from_function(node.target, tuple(node.args), dict(node.kwargs), surrogate_beta)
-    return None
