@@ -28,6 +28,17 @@ def _trained_mlp(activation, widths=(6,), steps=150, seed=0):
     return model.eval(), x, y
 
 
+def _splitting_stable_toy():
+    """A softplus MLP whose every S_j is positive semi-definite for the MSE loss on its own outputs - 1."""
+    torch.manual_seed(1)
+    x, _ = _digits()
+    model = build_model("mlp", widths=[4], activation="softplus").double().eval()
+    with torch.no_grad():
+        model.classifier.fc.weight.abs_()
+        target = model(x) - 1.0  # dL/df > 0 everywhere and positive output weights: dL/da_j > 0, sigma'' > 0
+    return model, x, target
+
+
 def _loss(model, x, y, loss_fn):
     with torch.no_grad():
         return float(loss_fn(model(x), y))
@@ -85,12 +96,7 @@ def test_function_is_preserved_at_zero_epsilon_with_signed_output_weights():
 
 def test_signed_splitting_grows_a_network_that_is_splitting_stable_for_s2d():
     """Every lambda_min >= 0 (S2D stops); S3D's signed splits still lower the loss."""
-    torch.manual_seed(1)
-    x, _ = _digits()
-    model = build_model("mlp", widths=[4], activation="softplus").double().eval()
-    with torch.no_grad():
-        model.classifier.fc.weight.abs_()
-        target = model(x) - 1.0  # dL/df > 0 everywhere and positive output weights: dL/da_j > 0, sigma'' > 0
+    model, x, target = _splitting_stable_toy()
     loss_fn = nn.MSELoss()
     splits = compute_splitting(model, loss_fn, [(x, target)], method="exact")
     layer = next(iter(splits))
@@ -123,12 +129,7 @@ def test_bad_signed_input_is_refused():
 def test_grower_with_s3d_grows_where_s2d_is_stuck():
     """SplittingGrower(strategy='s3d') on the splitting-stable toy: S2D adds nothing, S3D adds neurons."""
     from nni_splitting import SplittingGrower
-    torch.manual_seed(1)
-    x, _ = _digits()
-    model = build_model("mlp", widths=[4], activation="softplus").double().eval()
-    with torch.no_grad():
-        model.classifier.fc.weight.abs_()
-        target = model(x) - 1.0
+    model, x, target = _splitting_stable_toy()
     config = [{"op_types": ["Linear"], "max_splits": 2, "threshold": -1e-9}]
     grown = {}
     for strategy in ("s2d", "s3d"):
