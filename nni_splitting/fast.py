@@ -227,7 +227,7 @@ def lobpcg_min(matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num
                dtype: torch.dtype, device: torch.device, block: int = FAST_DEFAULTS["block"],
                tol: float = FAST_DEFAULTS["tol"], max_iter: int = FAST_DEFAULTS["max_iter"],
                min_iter: int = FAST_DEFAULTS["min_iter"], seed: int = FAST_DEFAULTS["seed"],
-               label: str = "LOBPCG") -> Tuple[torch.Tensor, torch.Tensor, dict]:
+               label: str = "LOBPCG", warn: bool = True) -> Tuple[torch.Tensor, torch.Tensor, dict]:
     """Smallest eigenpair of ``num`` symmetric ``dim x dim`` operators at once, by batched LOBPCG.
 
     Parameters
@@ -253,6 +253,8 @@ def lobpcg_min(matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num
         Seed of the random start (drawn on ``device``: the start, hence the last digits, depend on the device).
     label : str
         What the non-convergence warning calls the solve.
+    warn : bool
+        Log that warning (a caller solving in groups warns once for all of them).
 
     Returns
     -------
@@ -333,11 +335,17 @@ def lobpcg_min(matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num
               "converged": converged, "stalled": int(stalled.sum()), "num": num, "block": k, "tol": tol,
               "max_relative_residual": float(residuals.max()) if num else 0.0,
               "seconds": time.perf_counter() - started}
-    if converged < num:
-        logger.warning("%s: %d of %d neurons not converged to tol=%g in %d iterations (%d stopped improving; "
-                       "largest relative residual %.3g); their best estimates are used", label, num - converged, num, tol,
-                       max_iter, report["stalled"], report["max_relative_residual"])
+    if warn:
+        _warn_unconverged(report, label, max_iter)
     return values.to(dtype), vectors / vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny), report
+
+
+def _warn_unconverged(report: dict, label: str, max_iter: int) -> None:
+    if report["converged"] < report["num"]:
+        logger.warning("%s: %d of %d neurons not converged to tol=%g in %d iterations (%d stopped improving; "
+                       "largest relative residual %.3g); their best estimates are used", label,
+                       report["num"] - report["converged"], report["num"], report["tol"], max_iter, report["stalled"],
+                       report["max_relative_residual"])
 
 
 @contextmanager
@@ -356,18 +364,49 @@ def full_precision():
         torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
+def _solve_in_groups(matvec: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], operator: "SplittingOperator",
+                     max_neurons: Optional[int], label: str, **options) -> Tuple[torch.Tensor, torch.Tensor, dict]:
+    """:func:`lobpcg_min` over the operator's neurons, at most ``max_neurons`` at a time (each neuron is
+    its own eigenproblem, so groups only bound the solver's memory; ``None``: all at once)."""
+    num = operator.num_neurons
+    group = num if max_neurons is None else max(1, min(num, int(max_neurons)))
+    if group >= num:
+        return lobpcg_min(matvec, num, operator.dim, dtype=operator.dtype, device=operator.device, label=label, **options)
+    values, vectors, reports = [], [], []
+    for start in range(0, num, group):
+        indices = torch.arange(start, min(num, start + group), device=operator.device)
+        part = lobpcg_min(lambda v, local, indices=indices: matvec(v, indices[local]), indices.numel(), operator.dim,
+                          dtype=operator.dtype, device=operator.device, warn=False, **options)
+        values.append(part[0])
+        vectors.append(part[1])
+        reports.append(part[2])
+    counts = [r["num"] for r in reports]
+    report = {"iterations": max(r["iterations"] for r in reports),
+              "mean_iterations": sum(r["mean_iterations"] * c for r, c in zip(reports, counts)) / num,
+              "matvecs": sum(r["matvecs"] * c for r, c in zip(reports, counts)) / num,
+              "converged": sum(r["converged"] for r in reports), "stalled": sum(r["stalled"] for r in reports),
+              "num": num, "block": reports[0]["block"], "tol": reports[0]["tol"],
+              "max_relative_residual": max(r["max_relative_residual"] for r in reports),
+              "seconds": sum(r["seconds"] for r in reports), "groups": len(reports)}
+    _warn_unconverged(report, f"{label} ({len(reports)} groups of <= {group} neurons)", options["max_iter"])
+    return torch.cat(values), torch.cat(vectors), report
+
+
 def solve_min_eigenpairs(operator: SplittingOperator, tol: float = FAST_DEFAULTS["tol"],
                          max_iter: int = FAST_DEFAULTS["max_iter"], block: int = FAST_DEFAULTS["block"],
                          seed: int = FAST_DEFAULTS["seed"], chunk_elements: Optional[int] = None,
-                         min_iter: int = FAST_DEFAULTS["min_iter"]
+                         min_iter: int = FAST_DEFAULTS["min_iter"], max_neurons: Optional[int] = None
                          ) -> Tuple[torch.Tensor, torch.Tensor, dict]:
-    """Splitting indexes and gradients of every neuron of ``operator``'s layer (``[O]``, ``[O, d]``, report)."""
+    """Splitting indexes and gradients of every neuron of ``operator``'s layer (``[O]``, ``[O, d]``, report).
+
+    ``max_neurons`` solves the neurons in groups of at most that many (the solver's memory is
+    ``LOBPCG_VECTORS * block * d`` elements per neuron of a group, see :mod:`nni_splitting.memory`).
+    """
     if chunk_elements is not None:
         operator.chunk_elements = chunk_elements
     with full_precision():
-        values, vectors, report = lobpcg_min(operator.matvec, operator.num_neurons, operator.dim, dtype=operator.dtype,
-                                             device=operator.device, block=block, tol=tol, max_iter=max_iter,
-                                             min_iter=min(min_iter, max_iter), seed=seed)
+        values, vectors, report = _solve_in_groups(operator.matvec, operator, max_neurons, "LOBPCG", block=block,
+                                                   tol=tol, max_iter=max_iter, min_iter=min(min_iter, max_iter), seed=seed)
     logger.info("fast splitting: %d neurons, d=%d: %d/%d converged, %d iterations at most (%.1f mean), "
                 "%.1f products per neuron, %.2f s", report["num"], operator.dim, report["converged"], report["num"],
                 report["iterations"], report["mean_iterations"], report["matvecs"], report["seconds"])
@@ -377,7 +416,7 @@ def solve_min_eigenpairs(operator: SplittingOperator, tol: float = FAST_DEFAULTS
 def solve_max_eigenpairs(operator: SplittingOperator, tol: float = FAST_DEFAULTS["tol"],
                          max_iter: int = FAST_DEFAULTS["max_iter"], block: int = FAST_DEFAULTS["block"],
                          seed: int = FAST_DEFAULTS["seed"], chunk_elements: Optional[int] = None,
-                         min_iter: int = FAST_DEFAULTS["min_iter"]
+                         min_iter: int = FAST_DEFAULTS["min_iter"], max_neurons: Optional[int] = None
                          ) -> Tuple[torch.Tensor, torch.Tensor, dict]:
     """``lambda_max(S_j)`` and ``v_max(S_j)`` of every neuron (``[O]``, ``[O, d]``, report).
 
@@ -390,9 +429,8 @@ def solve_max_eigenpairs(operator: SplittingOperator, tol: float = FAST_DEFAULTS
         return -operator.matvec(vectors, neurons)  # lambda_max(S) = -lambda_min(-S), same eigenvector
 
     with full_precision():
-        values, vectors, report = lobpcg_min(negated, operator.num_neurons, operator.dim, dtype=operator.dtype,
-                                             device=operator.device, block=block, tol=tol, max_iter=max_iter,
-                                             min_iter=min(min_iter, max_iter), seed=seed, label="LOBPCG (lambda_max)")
+        values, vectors, report = _solve_in_groups(negated, operator, max_neurons, "LOBPCG (lambda_max)", block=block,
+                                                   tol=tol, max_iter=max_iter, min_iter=min(min_iter, max_iter), seed=seed)
     logger.info("fast splitting (largest): %d neurons, d=%d: %d/%d converged, %.2f s", report["num"], operator.dim,
                 report["converged"], report["num"], report["seconds"])
     return -values, vectors, report

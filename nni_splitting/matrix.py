@@ -126,11 +126,11 @@ def weighted_gram(features: torch.Tensor, weights: torch.Tensor,
         if shared:
             flat = features.permute(0, 2, 1).reshape(n * p, d)  # [NP, d]
             wf = w.permute(1, 0, 2).reshape(stop - start, n * p, 1) * flat  # [c, NP, d]
-            out[start:stop] = wf.transpose(1, 2) @ flat
+            torch.matmul(wf.transpose(1, 2), flat, out=out[start:stop])  # written in place: no [c, d, d] temporary
         else:
             f = features[:, start:stop].permute(1, 0, 3, 2).reshape(stop - start, n * p, d)  # [c, NP, d]
             wf = w.permute(1, 0, 2).reshape(stop - start, n * p, 1) * f
-            out[start:stop] = wf.transpose(1, 2) @ f
+            torch.matmul(wf.transpose(1, 2), f, out=out[start:stop])
     return out
 
 
@@ -204,9 +204,10 @@ def extreme_eigenpairs(matrices: torch.Tensor, chunk: int = 256
         block = 0.5 * (block + block.transpose(1, 2))
         eigenvalues, eigenvectors = torch.linalg.eigh(block)  # ascending
         low.append(eigenvalues[:, 0])
-        low_vectors.append(eigenvectors[:, :, 0])
+        low_vectors.append(eigenvectors[:, :, 0].clone())  # a view would keep all d x d eigenvectors alive
         high.append(eigenvalues[:, -1])
-        high_vectors.append(eigenvectors[:, :, -1])
+        high_vectors.append(eigenvectors[:, :, -1].clone())
+        del block, eigenvectors
     return torch.cat(low), torch.cat(low_vectors), torch.cat(high), torch.cat(high_vectors)
 
 

@@ -21,18 +21,20 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .activations import DEFAULT_SURROGATE_BETA
+from .defaults import METHOD
 from .fast import AUTO_EXACT_MAX_D, check_fast_options, solve_max_eigenpairs, solve_min_eigenpairs
 from .graph import NeuronGroup, activation_of_node, find_neuron_groups, handler_for, trace_model
 from .layer_data import FastLayerData
 from .matrix import (DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, depthwise_jacobian_at,
                      extreme_eigenpairs, neuron_inputs, neuron_slopes, neuron_weights, weighted_gram)
+from .memory import LayerCost, choose_methods, format_bytes, plan_passes
 
 __all__ = ["LayerSplitting", "compute_splitting", "save_splits", "load_splits", "METHODS"]
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("exact", "fast", "auto")
-DEFAULT_MEMORY_LIMIT = 2 * 1024 ** 3  # bytes of splitting matrices held at once by method="exact"
+DEFAULT_MEMORY_LIMIT = 2 * 1024 ** 3  # bytes of working memory of every method (see nni_splitting.memory)
 
 
 @dataclass
@@ -139,44 +141,8 @@ def materialize_batches(batches: Iterable, max_batches: Optional[int] = None, ow
     return [(item[0], item[1]) for item in items]
 
 
-def _plan_passes(groups: Dict[str, NeuronGroup], sizes: Dict[str, Tuple[int, int]], element_bytes: int,
-                 memory_limit: int, fast_bytes: Optional[Dict[str, int]] = None) -> List[List[Tuple[str, Optional[slice]]]]:
-    """Split the work into passes over the data so each pass holds at most ``memory_limit`` bytes.
-
-    An exact layer costs ``d * d`` elements per neuron (of S) and may be cut into neuron chunks; a
-    fast layer (in ``fast_bytes``) costs its cached data and is one item, ``(name, None)``.
-    """
-    passes: List[List[Tuple[str, Optional[slice]]]] = [[]]
-    used = 0
-    fast_bytes = fast_bytes or {}
-    for name in groups:
-        if name in fast_bytes:
-            cost = fast_bytes[name]
-            if cost > memory_limit:
-                logger.warning("the cached data of %s (%d bytes) exceeds memory_limit=%d: it gets a pass of its own",
-                               name, cost, memory_limit)
-            if passes[-1] and used + cost > memory_limit:
-                passes.append([])
-                used = 0
-            passes[-1].append((name, None))
-            used += cost
-            continue
-        neurons, d = sizes[name]
-        per_neuron = d * d * element_bytes
-        step = max(1, min(neurons, memory_limit // max(per_neuron, 1)))
-        for start in range(0, neurons, step):
-            chunk = slice(start, min(neurons, start + step))
-            cost = (chunk.stop - chunk.start) * per_neuron
-            if passes[-1] and used + cost > memory_limit:
-                passes.append([])
-                used = 0
-            passes[-1].append((name, chunk))
-            used += cost
-    return passes
-
-
 def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                      batches: Iterable, method: str = "exact", layers: Optional[Sequence[str]] = None,
+                      batches: Iterable, method: str = METHOD, layers: Optional[Sequence[str]] = None,
                       surrogate_beta: float = DEFAULT_SURROGATE_BETA, max_batches: Optional[int] = None,
                       memory_limit: int = DEFAULT_MEMORY_LIMIT, progress: bool = False,
                       keep_matrices: bool = False, fast_options: Optional[dict] = None,
@@ -192,13 +158,14 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
         ``loss_fn(outputs, targets)`` returning the mean loss of a batch (e.g. ``nn.CrossEntropyLoss()``).
     batches : iterable of (inputs, targets)
         The data ``D`` of eq. 3; the matrices are the mean over all samples. Read once (kept in memory).
-    method : {"exact", "fast", "auto"}
-        ``"exact"`` forms each ``S_j`` and decomposes it with ``torch.linalg.eigh``: ``O(n d^3)`` time
+    method : {"auto", "exact", "fast"}
+        Default ``"auto"`` (:data:`nni_splitting.defaults.METHOD`). ``"exact"`` forms each ``S_j``
+        and decomposes it with ``torch.linalg.eigh``: ``O(n d^3)`` time
         and ``O(n d^2)`` memory. ``"fast"`` never forms ``S_j``: it caches each layer's inputs and
         per-position weights (``O(N P (d + n))`` memory) and runs a batched LOBPCG on matrix-free
         products ``S_j v_j`` (:mod:`nni_splitting.fast`). ``"auto"`` picks, per layer, ``"exact"``
         when ``d <= fast_options["exact_max_d"]`` (default :data:`~nni_splitting.fast.AUTO_EXACT_MAX_D`)
-        and ``"fast"`` otherwise.
+        and ``"fast"`` otherwise, and the other method for a layer whose own does not fit ``memory_limit``.
     layers : list of str, optional
         Restrict to these producer layers (``named_modules()`` names).
     surrogate_beta : float
@@ -206,8 +173,13 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
     max_batches : int, optional
         Use at most this many batches.
     memory_limit : int
-        Bytes of splitting matrices (exact) and cached layer data (fast) held at once; above it the
-        layers (and the exact layers' neurons) are processed in several passes over the data.
+        Bytes of working memory of every method (default 2 GiB): half for the data of a pass (the
+        exact running sums of ``S_j``, the fast cached layer data), half for the work on them (``eigh``
+        on blocks of matrices, LOBPCG on groups of neurons); more data than that takes several passes
+        over the batches. Checked before any data is read: a layer that cannot fit raises a
+        ``ValueError`` naming it and the method that would fit. Not counted: the model, one batch's
+        recorded values, bounded temporaries and the results (see :mod:`nni_splitting.memory`);
+        ``keep_matrices=True`` also keeps every exact layer's ``n d^2`` matrices.
     progress : bool
         Show a tqdm progress bar.
     keep_matrices : bool
@@ -270,19 +242,25 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
                                   g.depthwise_preactivation_node, g.depthwise_activation_node]))
     sizes = {name: _layer_size(modules[name]) for name in groups}
     exact_max_d = options.get("exact_max_d", AUTO_EXACT_MAX_D)
-    methods = {name: ("fast" if method == "fast" or (method == "auto" and sizes[name][1] > exact_max_d) else "exact")
-               for name in groups}
+    wanted_methods = {name: ("fast" if method == "fast" or (method == "auto" and sizes[name][1] > exact_max_d) else "exact")
+                      for name in groups}
     element_bytes = torch.empty((), dtype=dtype).element_size()
     total = sum(_batch_size(targets) for _, targets in data)
-    fast_bytes = {name: FastLayerData.estimate_bytes(groups[name], nodes, modules, total, element_bytes)
-                  for name in groups if methods[name] == "fast"}
-    passes = _plan_passes(groups, sizes, element_bytes, memory_limit, fast_bytes)
+    costs = {name: LayerCost(name, sizes[name][0], sizes[name][1], element_bytes,
+                             FastLayerData.estimate_bytes(groups[name], nodes, modules, total, element_bytes),
+                             max(1, min(options["block"], sizes[name][1])))
+             for name in groups}
+    methods = choose_methods(costs, wanted_methods, method, memory_limit)  # before any data is read
+    passes = plan_passes(costs, methods, memory_limit)
+    work_bytes = memory_limit - memory_limit // 2  # the half for eigh blocks and LOBPCG groups
     if len(passes) > 1:
-        logger.info("splitting data exceed memory_limit=%d bytes: %d passes over the data", memory_limit, len(passes))
+        logger.info("splitting data exceed memory_limit/2=%s: %d passes over the data",
+                    format_bytes(memory_limit // 2), len(passes))
     wanted = sorted({g.activation_node for g in groups.values()}
                     | {g.depthwise_activation_node for g in groups.values() if g.depthwise_activation_node})
 
-    matrices: Dict[str, List[torch.Tensor]] = {name: [] for name in groups}
+    exact_parts: Dict[str, List[Tuple[torch.Tensor, ...]]] = {name: [] for name in groups}
+    kept: Dict[str, List[torch.Tensor]] = {name: [] for name in groups}
     fast_results: Dict[str, Tuple[torch.Tensor, torch.Tensor, dict, Optional[Tuple[torch.Tensor, torch.Tensor, dict]]]] = {}
     for number, work in enumerate(passes):
         exact_work = [(name, chunk) for name, chunk in work if chunk is not None]
@@ -292,7 +270,7 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
                   for name, chunk in work if chunk is None}
         iterator = data
         if progress:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # optional dependency: only with progress=True
             iterator = tqdm(data, desc=f"splitting matrices (pass {number + 1}/{len(passes)})", leave=False)
         for index, (inputs, targets) in enumerate(iterator):
             values, gradients = _record_batch(graph_module, keep, wanted, loss_fn, prepare(inputs), targets.to(device), index)
@@ -300,17 +278,22 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
             for name, chunk in exact_work:
                 term = _splitting_matrices(groups[name], modules, values, gradients, specs[name],
                                            specs2.get(name), chunk, position_samples, positions)
-                sums[(name, chunk.start)] += batch_size * term
+                sums[(name, chunk.start)].add_(term, alpha=batch_size)
+                del term
             for cache in caches.values():
                 cache.add(values, gradients, batch_size)
             del values, gradients
-        for name, chunk in exact_work:
-            matrices[name].append(sums[(name, chunk.start)] / total)
-        del sums
+        for name, chunk in exact_work:  # decompose this pass's matrices now: only lambda and v outlive the pass
+            matrices = sums.pop((name, chunk.start)).div_(total)
+            exact_parts[name].append(_eigenpairs_in_blocks(matrices, costs[name].eigh_block(work_bytes)))
+            if keep_matrices:
+                kept[name].append(0.5 * (matrices + matrices.transpose(1, 2)))
+            del matrices
         for name in list(caches):  # one layer's data at a time from here on
             operator = caches.pop(name).operator()
-            smallest = solve_min_eigenpairs(operator, **_solver_options(options))
-            largest = solve_max_eigenpairs(operator, **_solver_options(options)) if options.get("largest", True) else None
+            solver = {**_solver_options(options), "max_neurons": costs[name].lobpcg_group(work_bytes)}
+            smallest = solve_min_eigenpairs(operator, **solver)
+            largest = solve_max_eigenpairs(operator, **solver) if options.get("largest", True) else None
             fast_results[name] = (*smallest, largest)
             del operator
 
@@ -325,25 +308,29 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
             results[name] = LayerSplitting(name, eigenvalues, directions, group, activation, None, "fast", report,
                                            top, top_directions)
             continue
-        full = torch.cat(matrices[name])
-        eigenvalues, directions, top, top_directions = _robust_eigenpairs(full)
+        eigenvalues, directions, top, top_directions = (torch.cat(parts) for parts in zip(*exact_parts[name]))
         results[name] = LayerSplitting(name, eigenvalues, directions, group, activation,
-                                       0.5 * (full + full.transpose(1, 2)) if keep_matrices else None,
+                                       torch.cat(kept[name]) if keep_matrices else None,
                                        max_eigenvalues=top, max_directions=top_directions)
     return results
 
 
-def _robust_eigenpairs(full: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`extreme_eigenpairs`, retried in float64 when LAPACK's float32 ``eigh`` fails to converge.
+def _eigenpairs_in_blocks(matrices: torch.Tensor, block: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`extreme_eigenpairs` of ``matrices``, ``block`` of them per ``eigh`` call (its memory), each
+    block retried in float64 when LAPACK's float32 ``eigh`` fails to converge.
 
     That happens on float32 matrices with many repeated eigenvalues (dead input channels give zero
     rows and columns); the float64 result is cast back to the matrices' dtype.
     """
-    try:
-        return extreme_eigenpairs(full)
-    except torch.linalg.LinAlgError as error:
-        logger.warning("eigh failed in %s (%s); retrying in float64", full.dtype, str(error).split(":")[0])
-        return tuple(t.to(full.dtype) for t in extreme_eigenpairs(full.double()))
+    parts = []
+    for start in range(0, matrices.shape[0], block):
+        part = matrices[start:start + block]
+        try:
+            parts.append(extreme_eigenpairs(part, chunk=block))
+        except torch.linalg.LinAlgError as error:
+            logger.warning("eigh failed in %s (%s); retrying in float64", part.dtype, str(error).split(":")[0])
+            parts.append(tuple(t.to(part.dtype) for t in extreme_eigenpairs(part.double(), chunk=block)))
+    return tuple(torch.cat(values) for values in zip(*parts))
 
 
 def _solver_options(options: dict) -> dict:

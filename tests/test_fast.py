@@ -130,7 +130,7 @@ def test_fast_matches_exact_on_trained_relu_cnn(dtype):
         optimizer.step()
     model.eval()
     batches = [(x[:48], y[:48]), (x[48:], y[48:])]
-    exact = compute_splitting(model, nn.CrossEntropyLoss(), batches, keep_matrices=True, layers=["3", "7"])
+    exact = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="exact", keep_matrices=True, layers=["3", "7"])
     fast = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="fast", layers=["3", "7"])
     assert fast["3"].directions.shape == (24, 145) and fast["7"].directions.shape == (8, 216)
     assert fast["3"].eigenvalues.dtype == dtype and fast["3"].directions.dtype == dtype
@@ -157,8 +157,10 @@ def test_fast_several_passes_match_one_pass():
     x, y = _data((4,), n=32)
     batches = [(x[:16], y[:16]), (x[16:], y[16:])]
     one = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="fast")
-    # Each layer caches 32 * (4 + 6) or 32 * (6 + 8) doubles: a limit of 4 KiB gives a pass per layer.
-    two = compute_splitting(model, nn.CrossEntropyLoss(), iter(batches), method="fast", memory_limit=4096)
+    # Each layer caches 32 * (4 + 6), 32 * (6 + 8) or 32 * (8 + 3) doubles (2560, 3584, 2816 bytes) and
+    # LOBPCG takes 32 * 2 * d doubles per neuron (d = 9 at most: 4608 bytes): half of 9216 bytes holds
+    # one layer's cache, not two, so every layer gets a pass of its own.
+    two = compute_splitting(model, nn.CrossEntropyLoss(), iter(batches), method="fast", memory_limit=9216)
     for layer in one:
         assert torch.allclose(one[layer].eigenvalues, two[layer].eigenvalues)
 

@@ -1,4 +1,5 @@
 """Selection rules, eval-mode BatchNorm folding, the ReLU surrogate, NNI's counter and bad-input errors."""
+import logging
 import math
 
 import pytest
@@ -189,13 +190,18 @@ def test_nan_loss_and_empty_data_and_unknown_method():
     assert torch.allclose(fast.directions.norm(dim=1), torch.ones(6), atol=1e-5)
 
 
-def test_chunked_passes_match_single_pass():
-    model = _mlp().double()
+def test_chunked_passes_match_single_pass(caplog):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 20), nn.Tanh(), nn.Linear(20, 3)).double().eval()
     x, y = _data()
     x = x.double()
     batches = [(x[:16], y[:16]), (x[16:], y[16:])]
-    full = compute_splitting(model, nn.CrossEntropyLoss(), batches, keep_matrices=True)["0"]
-    chunked = compute_splitting(model, nn.CrossEntropyLoss(), iter(batches), keep_matrices=True,
-                                memory_limit=2 * 25 * 8)["0"]  # two neurons' matrices per pass
+    full = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="exact", keep_matrices=True, layers=["0"])["0"]
+    # d = 5: a matrix is 200 bytes, eigh needs 6 of them per neuron: 2400 bytes is the least limit,
+    # its data half holds six neurons' running sums: passes of 6, 6, 6 and 2 neurons.
+    with caplog.at_level(logging.INFO, logger="nni_splitting.splitting"):
+        chunked = compute_splitting(model, nn.CrossEntropyLoss(), iter(batches), method="exact", keep_matrices=True,
+                                    layers=["0"], memory_limit=2400)["0"]
+    assert "4 passes over the data" in caplog.text
     assert torch.allclose(full.matrices, chunked.matrices)
     assert torch.allclose(full.eigenvalues, chunked.eigenvalues)
