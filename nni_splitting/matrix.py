@@ -104,7 +104,8 @@ def neuron_inputs(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
 
 
 def weighted_gram(features: torch.Tensor, weights: torch.Tensor,
-                  chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+                  chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, out: Optional[torch.Tensor] = None,
+                  alpha: float = 1.0) -> torch.Tensor:
     """``G_j = sum_{n,p} w_{n,j,p} f_{n,:,p} f_{n,:,p}^T`` for every neuron ``j``: ``[O, d, d]``.
 
     Parameters
@@ -113,24 +114,25 @@ def weighted_gram(features: torch.Tensor, weights: torch.Tensor,
         Shared by all neurons (``neuron_inputs``), or ``[N, O, d, P]`` with one set per neuron.
     weights : Tensor ``[N, O, P]``
         Per-sample, per-position weights (``dL/da * sigma''(u) * c^2``).
+    chunk_elements : int
+        Neurons are taken in chunks whose temporary ``w f`` has at most this many elements.
+    out : Tensor ``[O, d, d]``, optional
+        Accumulate ``alpha * G`` into it in place (no ``[O, d, d]`` temporary) and return it.
     """
     n, o, p = weights.shape
     shared = features.dim() == 3
     d = features.shape[-2]
-    out = torch.zeros(o, d, d, dtype=weights.dtype, device=weights.device)
+    if out is None:
+        out, alpha = torch.zeros(o, d, d, dtype=weights.dtype, device=weights.device), 1.0
     rows_per_neuron = max(1, n * p * d)
     step = max(1, chunk_elements // rows_per_neuron)
+    flat = features.permute(0, 2, 1).reshape(n * p, d) if shared else None  # [NP, d]
     for start in range(0, o, step):
         stop = min(o, start + step)
-        w = weights[:, start:stop]  # [N, c, P]
-        if shared:
-            flat = features.permute(0, 2, 1).reshape(n * p, d)  # [NP, d]
-            wf = w.permute(1, 0, 2).reshape(stop - start, n * p, 1) * flat  # [c, NP, d]
-            torch.matmul(wf.transpose(1, 2), flat, out=out[start:stop])  # written in place: no [c, d, d] temporary
-        else:
-            f = features[:, start:stop].permute(1, 0, 3, 2).reshape(stop - start, n * p, d)  # [c, NP, d]
-            wf = w.permute(1, 0, 2).reshape(stop - start, n * p, 1) * f
-            torch.matmul(wf.transpose(1, 2), f, out=out[start:stop])
+        w = weights[:, start:stop].permute(1, 0, 2).reshape(stop - start, n * p, 1)  # [c, NP, 1]
+        f = flat.expand(stop - start, n * p, d) if shared else \
+            features[:, start:stop].permute(1, 0, 3, 2).reshape(stop - start, n * p, d)  # [c, NP, d]
+        out[start:stop].baddbmm_((w * f).transpose(1, 2), f, alpha=alpha)  # += alpha (w f)^T f, in place
     return out
 
 

@@ -3,13 +3,16 @@ before any work, and the plan of passes over the data.
 
 ``memory_limit`` bounds the working memory of every method. Half of it holds the data of one pass
 (the exact method's running sums of ``S_j``, the fast method's cached layer data), the other half the
-work done on them (one batch's term of ``S_j``, ``eigh`` on a block of matrices, the fast solver's
-LOBPCG blocks for a group of neurons). Outside the limit: the model, one batch's recorded values and
-unfolded inputs, temporaries of at most :data:`~nni_splitting.matrix.DEFAULT_CHUNK_ELEMENTS`
-elements, and the results themselves (``lambda`` and ``v`` at both ends: two ``[n, d]`` per layer,
-the size of the layer's weights twice). Per neuron with ``d`` parameters and ``b`` bytes per element:
+work done on them: the exact method's per-batch temporaries (the batch's unfolded inputs ``x~``, a
+flattened copy and ``w x~`` for a chunk of neurons) and then ``eigh`` on a block of matrices; the
+fast method's LOBPCG blocks for a group of neurons (three quarters) and the temporaries of its
+products (a quarter). Outside the limit: the model, one batch's recorded activations and the
+results themselves (``lambda`` and ``v`` at both ends: two ``[n, d]`` per layer, the size of the
+layer's weights twice). Per neuron with ``d`` parameters, ``b`` bytes per element, batches of
+``N_b`` samples and ``P`` positions:
 
-    exact:  running sum  d^2 b,  eigh  EIGH_MATRICES * d^2 b  (+ LAPACK's workspace, EIGH_WORKSPACE * d^2 b once)
+    exact:  running sum  d^2 b,  eigh  EIGH_MATRICES * d^2 b  (+ LAPACK's workspace, EIGH_WORKSPACE * d^2 b once),
+            per batch  BATCH_COPIES * N_b * d * P * b
     fast:   cache  N * (input + output elements per sample) * b per layer,  LOBPCG  LOBPCG_VECTORS * k * d * b
 """
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-__all__ = ["EIGH_MATRICES", "EIGH_WORKSPACE", "LOBPCG_VECTORS", "LayerCost", "plan_passes", "choose_methods",
+__all__ = ["EIGH_MATRICES", "EIGH_WORKSPACE", "LOBPCG_VECTORS", "BATCH_COPIES", "LayerCost", "plan_passes", "choose_methods",
            "format_bytes"]
 
 logger = logging.getLogger(__name__)
@@ -32,6 +35,9 @@ EIGH_WORKSPACE = 3
 #: kept between iterations, ``R, W, SW``, the basis ``[X W P]`` and ``S [X W P]`` (``3k`` each) and
 #: their float64 copies in Rayleigh-Ritz (measured in ``benchmarks/peak_memory.py``).
 LOBPCG_VECTORS = 32
+#: Copies of one batch's unfolded inputs ``[N_b, d, P]`` the exact method holds while it adds a batch:
+#: ``x~`` itself, its ``[N_b P, d]`` flattening, and ``w x~`` with its operand for one neuron at least.
+BATCH_COPIES = 4
 
 
 def format_bytes(count: float) -> str:
@@ -52,6 +58,7 @@ class LayerCost:
     element_bytes: int
     cache_bytes: int  # the fast method's cached data for all samples
     block: int  # LOBPCG vectors per neuron
+    batch_inputs_bytes: int = 0  # one batch's unfolded inputs [N_b, d, P] (the largest batch)
 
     @property
     def sum_per_neuron(self) -> int:
@@ -59,15 +66,26 @@ class LayerCost:
 
     def exact_minimum(self) -> int:
         """The least ``memory_limit`` the exact method can work with (one neuron at a time)."""
-        # data half: one running sum; work half: eigh of one matrix with LAPACK's workspace
-        return 2 * max(self.sum_per_neuron, (EIGH_MATRICES + EIGH_WORKSPACE) * self.sum_per_neuron)
+        # data half: one running sum; work half: a batch's temporaries, then eigh of one matrix with LAPACK's workspace
+        return 2 * max(self.sum_per_neuron, (EIGH_MATRICES + EIGH_WORKSPACE) * self.sum_per_neuron,
+                       BATCH_COPIES * self.batch_inputs_bytes)
+
+    def exact_chunk_elements(self, work_bytes: int) -> int:
+        """Elements of the exact method's ``w x~`` temporary (and its operand) within ``work_bytes``,
+        beside the batch's unfolded inputs and their flattening."""
+        return max(1, (work_bytes - 2 * self.batch_inputs_bytes) // (2 * self.element_bytes))
 
     def lobpcg_per_neuron(self) -> int:
         return LOBPCG_VECTORS * self.block * self.d * self.element_bytes
 
     def fast_minimum(self) -> int:
         """The least ``memory_limit`` the fast method can work with (all samples cached, one neuron solved at a time)."""
-        return 2 * max(self.cache_bytes, self.lobpcg_per_neuron())
+        return 2 * max(self.cache_bytes, 4 * self.lobpcg_per_neuron() // 3)
+
+    @staticmethod
+    def product_elements(work_bytes: int, element_bytes: int) -> int:
+        """Elements of the fast method's product temporaries: a quarter of ``work_bytes``."""
+        return max(1, work_bytes // 4 // element_bytes)
 
     def minimum(self, method: str) -> int:
         return self.exact_minimum() if method == "exact" else self.fast_minimum()
@@ -77,8 +95,8 @@ class LayerCost:
         return max(1, (work_bytes - EIGH_WORKSPACE * self.sum_per_neuron) // (EIGH_MATRICES * self.sum_per_neuron))
 
     def lobpcg_group(self, work_bytes: int) -> int:
-        """Neurons per LOBPCG solve within ``work_bytes``."""
-        return max(1, min(self.neurons, work_bytes // self.lobpcg_per_neuron()))
+        """Neurons per LOBPCG solve within three quarters of ``work_bytes`` (the rest: the products' temporaries)."""
+        return max(1, min(self.neurons, (work_bytes - work_bytes // 4) // self.lobpcg_per_neuron()))
 
 
 def choose_methods(costs: Dict[str, LayerCost], wanted: Dict[str, str], method: str, memory_limit: int) -> Dict[str, str]:
@@ -106,7 +124,9 @@ def choose_methods(costs: Dict[str, LayerCost], wanted: Dict[str, str], method: 
 
 def _does_not_fit(cost: LayerCost, method: str, other: str, memory_limit: int) -> str:
     detail = (f"its {cost.neurons} neurons have d={cost.d} parameters each: one d x d splitting matrix and its eigh "
-              f"take {format_bytes(cost.exact_minimum() / 2)}" if method == "exact" else
+              f"take {format_bytes((EIGH_MATRICES + EIGH_WORKSPACE) * cost.sum_per_neuron)}, one batch's unfolded "
+              f"inputs {format_bytes(BATCH_COPIES * cost.batch_inputs_bytes)} (smaller batches shrink them)"
+              if method == "exact" else
               f"it caches {format_bytes(cost.cache_bytes)} of layer data for the samples and LOBPCG takes "
               f"{format_bytes(cost.lobpcg_per_neuron())} per neuron")
     other_fits = cost.minimum(other) <= memory_limit

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -246,13 +247,16 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
                       for name in groups}
     element_bytes = torch.empty((), dtype=dtype).element_size()
     total = sum(_batch_size(targets) for _, targets in data)
+    largest_batch = max(_batch_size(targets) for _, targets in data)
     costs = {name: LayerCost(name, sizes[name][0], sizes[name][1], element_bytes,
                              FastLayerData.estimate_bytes(groups[name], nodes, modules, total, element_bytes),
-                             max(1, min(options["block"], sizes[name][1])))
+                             max(1, min(options["block"], sizes[name][1])),
+                             largest_batch * sizes[name][1] * _positions(nodes[groups[name].preactivation_node])
+                             * element_bytes)
              for name in groups}
     methods = choose_methods(costs, wanted_methods, method, memory_limit)  # before any data is read
     passes = plan_passes(costs, methods, memory_limit)
-    work_bytes = memory_limit - memory_limit // 2  # the half for eigh blocks and LOBPCG groups
+    work_bytes = memory_limit - memory_limit // 2  # the half for temporaries, eigh blocks and LOBPCG groups
     if len(passes) > 1:
         logger.info("splitting data exceed memory_limit/2=%s: %d passes over the data",
                     format_bytes(memory_limit // 2), len(passes))
@@ -276,10 +280,9 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
             values, gradients = _record_batch(graph_module, keep, wanted, loss_fn, prepare(inputs), targets.to(device), index)
             batch_size = _batch_size(targets)
             for name, chunk in exact_work:
-                term = _splitting_matrices(groups[name], modules, values, gradients, specs[name],
-                                           specs2.get(name), chunk, position_samples, positions)
-                sums[(name, chunk.start)].add_(term, alpha=batch_size)
-                del term
+                _add_splitting_matrices(sums[(name, chunk.start)], batch_size, groups[name], modules, values, gradients,
+                                        specs[name], specs2.get(name), chunk, position_samples, positions,
+                                        min(DEFAULT_CHUNK_ELEMENTS, costs[name].exact_chunk_elements(work_bytes)))
             for cache in caches.values():
                 cache.add(values, gradients, batch_size)
             del values, gradients
@@ -291,7 +294,8 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
             del matrices
         for name in list(caches):  # one layer's data at a time from here on
             operator = caches.pop(name).operator()
-            solver = {**_solver_options(options), "max_neurons": costs[name].lobpcg_group(work_bytes)}
+            solver = {**_solver_options(options), "max_neurons": costs[name].lobpcg_group(work_bytes),
+                      "chunk_elements": min(options["chunk_elements"], LayerCost.product_elements(work_bytes, element_bytes))}
             smallest = solve_min_eigenpairs(operator, **solver)
             largest = solve_max_eigenpairs(operator, **solver) if options.get("largest", True) else None
             fast_results[name] = (*smallest, largest)
@@ -357,6 +361,12 @@ def _record_batch(graph_module: fx.GraphModule, keep: set, wanted: List[str], lo
     return values, gradients
 
 
+def _positions(node: fx.Node) -> int:
+    """Positions ``P`` per sample of a neuron's output (``H' W'`` of a conv, 1 of a Linear), from the traced shape."""
+    shape = tuple(getattr(node.meta.get("tensor_meta"), "shape", ()))
+    return math.prod(shape[2:]) if len(shape) > 2 else 1
+
+
 def _layer_size(layer: nn.Module) -> Tuple[int, int]:
     """(number of neurons, parameters per neuron ``d``), from the layer's handler."""
     handler = handler_for(layer)
@@ -371,12 +381,14 @@ def _sample_positions(count: int, wanted: Optional[int], generator: Optional[tor
     return torch.randperm(count, generator=generator)[:wanted].to(device), count / wanted
 
 
-def _splitting_matrices(group: NeuronGroup, modules: Dict[str, nn.Module], values: Dict[str, torch.Tensor],
-                        gradients: Dict[str, Optional[torch.Tensor]], spec, spec2, chunk: slice,
-                        position_samples: Optional[int] = None, generator: Optional[torch.Generator] = None
-                        ) -> torch.Tensor:
-    """``S_j`` of one batch for the neurons ``chunk`` of ``group`` (see :mod:`nni_splitting.matrix`);
-    with ``position_samples``, the sums over positions are estimated from that many drawn positions."""
+def _add_splitting_matrices(sums: torch.Tensor, alpha: float, group: NeuronGroup, modules: Dict[str, nn.Module],
+                            values: Dict[str, torch.Tensor], gradients: Dict[str, Optional[torch.Tensor]], spec, spec2,
+                            chunk: slice, position_samples: Optional[int] = None,
+                            generator: Optional[torch.Generator] = None,
+                            chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> None:
+    """``sums += alpha * S_j`` of one batch for the neurons ``chunk`` of ``group`` (see :mod:`nni_splitting.matrix`),
+    in place; with ``position_samples``, the sums over positions are estimated from that many drawn
+    positions. Temporaries have at most ``chunk_elements`` elements (beside the batch's unfolded inputs)."""
     layer = modules[group.layer]
     patches = neuron_inputs(values[group.input_node].detach(), layer)  # [N, d, P]
     preactivation = values[group.preactivation_node].detach()
@@ -384,19 +396,18 @@ def _splitting_matrices(group: NeuronGroup, modules: Dict[str, nn.Module], value
     scale = batchnorm_scale(modules.get(group.pre_bn) if group.pre_bn else None, channels, preactivation)
     gradient = gradients[group.activation_node]
     if gradient is None:  # the loss does not depend on this activation
-        return torch.zeros(chunk.stop - chunk.start, patches.shape[1], patches.shape[1],
-                           dtype=patches.dtype, device=patches.device)
+        return
     # S_j = E[ sum_p dL/da_{j,p} * sigma''(u_{j,p}) * c_j^2 * x~_p x~_p^T ]           (eq. 3)
     # sum_p ~ (P / |p'|) sum_{p in p'} over a uniform draw p' of positions (unbiased)
     index, factor = _sample_positions(patches.shape[2], position_samples, generator, patches.device)
     if index is None:
         weights = neuron_weights(gradient, preactivation, spec.second, scale).reshape(n, channels, -1)
-        matrices = weighted_gram(patches, weights[:, chunk])
+        weighted_gram(patches, weights[:, chunk], chunk_elements, out=sums, alpha=alpha)
     else:  # the weights only where they are used
         flat = (gradient.reshape(n, channels, -1)[:, chunk][:, :, index],
                 preactivation.reshape(n, channels, -1)[:, chunk][:, :, index])
         weights = neuron_weights(*flat, spec.second, scale[chunk]) * factor
-        matrices = weighted_gram(patches[:, :, index], weights)
+        weighted_gram(patches[:, :, index], weights, chunk_elements, out=sums, alpha=alpha)
     if group.depthwise_activation_node and gradients.get(group.depthwise_activation_node) is not None:
         depthwise = modules[group.depthwise]
         u2 = values[group.depthwise_preactivation_node].detach()
@@ -407,7 +418,7 @@ def _splitting_matrices(group: NeuronGroup, modules: Dict[str, nn.Module], value
         grid = tuple(preactivation.shape[2:])
         slopes = neuron_slopes(preactivation, spec.first, scale)  # c_j sigma'(u_j), inside J_{j,q}
         jacobian_elements = n * patches.shape[1] * weights2.shape[2]  # one neuron's J: [N, d, Q]
-        step = max(1, DEFAULT_CHUNK_ELEMENTS // jacobian_elements)
+        step = max(1, chunk_elements // jacobian_elements)
         index2, factor2 = _sample_positions(weights2.shape[2], position_samples, generator, patches.device)
         for start in range(chunk.start, chunk.stop, step):
             part = slice(start, min(chunk.stop, start + step))
@@ -416,5 +427,5 @@ def _splitting_matrices(group: NeuronGroup, modules: Dict[str, nn.Module], value
             else:  # J only at the drawn positions
                 jacobian = depthwise_jacobian_at(patches, slopes, depthwise, grid, part, index2)
                 w2 = weights2[:, part][:, :, index2] * factor2
-            matrices[part.start - chunk.start:part.stop - chunk.start] += weighted_gram(jacobian, w2)
-    return matrices
+            weighted_gram(jacobian, w2, chunk_elements, out=sums[part.start - chunk.start:part.stop - chunk.start],
+                          alpha=alpha)

@@ -197,11 +197,11 @@ def test_chunked_passes_match_single_pass(caplog):
     x = x.double()
     batches = [(x[:16], y[:16]), (x[16:], y[16:])]
     full = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="exact", keep_matrices=True, layers=["0"])["0"]
-    # d = 5: a matrix is 200 bytes, eigh needs 6 of them per neuron: 2400 bytes is the least limit,
-    # its data half holds six neurons' running sums: passes of 6, 6, 6 and 2 neurons.
+    # d = 5: a matrix is 200 bytes; a batch of 16 unfolds to 16 * 5 doubles (640 bytes, held 4 times while
+    # it is added): 5120 bytes is the least limit, its data half holds 12 neurons' running sums: 2 passes.
     with caplog.at_level(logging.INFO, logger="nni_splitting.splitting"):
         chunked = compute_splitting(model, nn.CrossEntropyLoss(), iter(batches), method="exact", keep_matrices=True,
-                                    layers=["0"], memory_limit=2400)["0"]
-    assert "4 passes over the data" in caplog.text
+                                    layers=["0"], memory_limit=5120)["0"]
+    assert "2 passes over the data" in caplog.text
     assert torch.allclose(full.matrices, chunked.matrices)
     assert torch.allclose(full.eigenvalues, chunked.eigenvalues)
