@@ -4,7 +4,8 @@ Nothing is downloaded: scikit-learn's 8x8 ``digits`` ship with scikit-learn,
 and CIFAR-10, MNIST and Fashion-MNIST are read from a local ``data_dir``.
 :func:`load_dataset` returns a :class:`DatasetSplits` of normalised float32
 inputs and int64 labels.  The validation split is always carved from the
-training data (class-stratified, seeded), never from the test data.
+training data (class-stratified, seeded), never from the test data. The
+readers of the file formats are in :mod:`nni_splitting.data_files`.
 
 Accepted layouts:
 
@@ -18,16 +19,17 @@ Accepted layouts:
 
 from __future__ import annotations
 
-import gzip
 import logging
 import math
-import pickle
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+
+from .data_files import (MNIST_FILES, find_cifar_pickles, find_idx_files, image_fetcher, image_folder_files,
+                         read_cifar_pickle, read_idx)
 
 __all__ = [
     "DATASETS",
@@ -51,13 +53,6 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 _MNIST_STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
 _MNIST_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
-_MNIST_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
 #: Fraction of the digits set held out as test data, and its fixed split seed.
 _DIGITS_TEST_FRACTION = 0.3
 _DIGITS_TEST_SEED = 0
@@ -202,77 +197,6 @@ _CIFAR_HELP = (
 )
 
 
-def _find_cifar_pickles(root: Path):
-    for d in (root, root / "cifar-10-batches-py"):
-        files = [d / f"data_batch_{i}" for i in range(1, 6)] + [d / "test_batch"]
-        if all(f.is_file() for f in files):
-            return files
-    return None
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickles only what a CIFAR batch holds (dicts, lists, bytes, str, ints and numpy arrays).
-
-    ``pickle.load`` would run whatever a file in ``data_dir`` asks for; this refuses every global
-    but numpy's array reconstruction, so a foreign or malicious file is a ``ValueError``, not code.
-    """
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
-        return super().find_class(module, name)
-
-
-def _read_cifar_pickle(path: Path):
-    try:
-        with open(path, "rb") as f:
-            batch = _CifarUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as error:
-        raise ValueError(f"{str(path)!r} is not a CIFAR-10 pickle batch: {error}") from error
-    if not isinstance(batch, dict):
-        raise ValueError(f"{str(path)!r} is not a CIFAR-10 pickle batch (a {type(batch).__name__}, not a dict)")
-    batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
-    if "data" not in batch or ("labels" not in batch and "fine_labels" not in batch):
-        raise ValueError(f"{str(path)!r} is not a CIFAR-10 pickle batch (keys {sorted(batch)})")
-    x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    y = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
-    if len(x) != len(y):
-        raise ValueError(f"{str(path)!r}: {len(x)} images but {len(y)} labels")
-    return x, y
-
-
-def _image_folder_files(split_dir: Path):
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
-    paths, labels = [], []
-    for label, cls in enumerate(classes):
-        files = sorted(p for p in (split_dir / cls).iterdir()
-                       if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
-        paths.extend(files)
-        labels.extend([label] * len(files))
-    return classes, paths, np.asarray(labels, dtype=np.int64)
-
-
-def _image_source(paths: list) -> Callable[[np.ndarray], np.ndarray]:
-    from PIL import Image
-
-    def fetch(idx: np.ndarray) -> np.ndarray:
-        out = np.empty((len(idx), 32, 32, 3), dtype=np.uint8)
-        for j, i in enumerate(idx):
-            with Image.open(paths[i]) as img:
-                arr = np.asarray(img.convert("RGB"))
-            if arr.shape != (32, 32, 3):
-                raise ValueError(f"image {str(paths[i])!r} has size {arr.shape[1]}x{arr.shape[0]}, "
-                                 f"expected 32x32")
-            out[j] = arr
-        return out.transpose(0, 3, 1, 2)
-
-    return fetch
-
-
 def _load_cifar10(data_dir, **split_args) -> DatasetSplits:
     if data_dir is None:
         raise FileNotFoundError(_CIFAR_HELP.format(where="data_dir=None"))
@@ -283,25 +207,25 @@ def _load_cifar10(data_dir, **split_args) -> DatasetSplits:
     def normalize(a: np.ndarray) -> np.ndarray:
         return (a.astype(np.float32) / 255.0 - mean) / std
 
-    pickles = _find_cifar_pickles(root)
+    pickles = find_cifar_pickles(root)
     if pickles is not None:
         logger.info("reading CIFAR-10 pickle batches from %s", pickles[0].parent)
-        parts = [_read_cifar_pickle(p) for p in pickles[:5]]
+        parts = [read_cifar_pickle(p) for p in pickles[:5]]
         x_tr = np.concatenate([p[0] for p in parts])
         y_tr = np.concatenate([p[1] for p in parts])
-        x_te, y_te = _read_cifar_pickle(pickles[5])
+        x_te, y_te = read_cifar_pickle(pickles[5])
         return _make_splits(_array_source(x_tr, y_tr), _array_source(x_te, y_te), 10,
                             normalize, **split_args)
 
     if (root / "train").is_dir() and (root / "test").is_dir():
-        cls_tr, paths_tr, y_tr = _image_folder_files(root / "train")
-        cls_te, paths_te, y_te = _image_folder_files(root / "test")
+        cls_tr, paths_tr, y_tr = image_folder_files(root / "train")
+        cls_te, paths_te, y_te = image_folder_files(root / "test")
         if cls_tr != cls_te:
             raise ValueError(f"train classes {cls_tr!r} differ from test classes {cls_te!r} in {str(root)!r}")
         if len(paths_tr) and len(paths_te):
             logger.info("reading CIFAR-10 ImageFolder tree from %s (%d classes)", root, len(cls_tr))
-            return _make_splits(_Source(y_tr, _image_source(paths_tr)),
-                                _Source(y_te, _image_source(paths_te)), len(cls_tr),
+            return _make_splits(_Source(y_tr, image_fetcher(paths_tr)),
+                                _Source(y_te, image_fetcher(paths_te)), len(cls_tr),
                                 normalize, **split_args)
     raise FileNotFoundError(_CIFAR_HELP.format(where=repr(str(root))))
 
@@ -309,71 +233,20 @@ def _load_cifar10(data_dir, **split_args) -> DatasetSplits:
 # ---------------------------------------------------------------------------
 # MNIST / Fashion-MNIST
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path) -> np.ndarray:
-    """Read an IDX file (as used by MNIST), gzip-compressed if its name ends in ``.gz``.
-
-    Parameters
-    ----------
-    path : str or pathlib.Path
-        File to read.
-
-    Returns
-    -------
-    numpy.ndarray
-        The array with the shape stored in the header.
-
-    Raises
-    ------
-    ValueError
-        If the header is malformed or the data size does not match it.
-    """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{str(path)!r} is not an IDX file (header {data[:4]!r})")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    count = int(np.prod(dims)) if dims else 1
-    offset = 4 + 4 * ndim
-    if len(data) - offset != count * dtype.itemsize:
-        raise ValueError(f"{str(path)!r}: header shape {dims} needs {count * dtype.itemsize} bytes, "
-                         f"file has {len(data) - offset}")
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(dims)
-
-
-def _find_idx_files(root: Path, folder: str):
-    for d in (root / folder / "raw", root / "raw", root):
-        found = {}
-        for key, stem in _MNIST_FILES.items():
-            for name in (stem + ".gz", stem):
-                if (d / name).is_file():
-                    found[key] = d / name
-                    break
-        if len(found) == len(_MNIST_FILES):
-            return found
-    return None
-
-
 def _load_mnist(name: str, data_dir, **split_args) -> DatasetSplits:
     folder = _MNIST_FOLDER[name]
-    expected = ", ".join(f"{s}.gz" for s in _MNIST_FILES.values())
+    expected = ", ".join(f"{s}.gz" for s in MNIST_FILES.values())
     help_text = (
         f"{name} not found in {{where}}. Put the four IDX files ({expected}; unzipped names also work) "
         f"in DATA_DIR/{folder}/raw/ (torchvision's raw layout), "
-        f"e.g. /data/{folder}/raw/{_MNIST_FILES['train_images']}.gz, "
+        f"e.g. /data/{folder}/raw/{MNIST_FILES['train_images']}.gz, "
         f"and pass data_dir=/data (or the {folder} folder, or its raw/ folder). "
         "Nothing is downloaded (torchvision downloads are not used)."
     )
     if data_dir is None:
         raise FileNotFoundError(help_text.format(where="data_dir=None"))
     root = Path(data_dir).expanduser()
-    files = _find_idx_files(root, folder)
+    files = find_idx_files(root, folder)
     if files is None:
         raise FileNotFoundError(help_text.format(where=repr(str(root))))
     logger.info("reading %s IDX files from %s", name, files["train_images"].parent)
