@@ -139,13 +139,14 @@ def create(config_path, port: int, env: Optional[Dict[str, str]] = None, timeout
 
 
 def start(config: Dict, name: str, port: Optional[int] = None, workdir: Optional[str] = None,
-          attempts: int = 3, public: bool = False) -> Tuple[str, int]:
+          attempts: int = 3, public: bool = False, check_s: float = 30.0) -> Tuple[str, int]:
     """Write ``config`` to a temporary file named ``name``, ``nnictl create`` it; return ``(id, port)``.
 
     The config must have absolute paths (:func:`~nni_splitting.nni.config.load_config`): the
-    temporary file is deleted right after ``nnictl create``.  ``workdir`` overrides
-    ``experimentWorkingDirectory``.  nnictl gives NNI's manager ~3 s to answer; on a busy machine
-    that fails ("check-status"), so it is retried on another port.
+    temporary file is deleted after ``nnictl create``.  ``workdir`` overrides
+    ``experimentWorkingDirectory``.  Two races of a busy machine are retried, on another port: nnictl
+    gives NNI's manager ~3 s to answer ("check-status"), and NNI gives the tuner 10 s to connect
+    (the experiment then turns ``ERROR`` before any trial: it is stopped and created again).
     """
     if workdir:
         config = {**config, "experimentWorkingDirectory": str(Path(workdir).expanduser().resolve())}
@@ -153,18 +154,29 @@ def start(config: Dict, name: str, port: Optional[int] = None, workdir: Optional
     with tempfile.TemporaryDirectory(prefix="nni-splitting-") as folder:
         path = write_config(config, Path(folder) / Path(name).name)
         for attempt in range(attempts):
+            last = attempt == attempts - 1
             try:
-                return create(path, port, public=public), port
+                experiment_id = create(path, port, public=public)
             except RuntimeError as error:
-                if attempt == attempts - 1 or "check-status" not in str(error):
+                if last or "check-status" not in str(error):
                     raise
                 print(f"nnictl create: NNI's manager did not answer in time on port {port}; retrying", flush=True)
                 port = free_port(start=port + 2)
+                continue
+            if not _lost_tuner_race(rest.rest_url(port), check_s):
+                return experiment_id, port
+            stop(experiment_id)
+            if last:
+                raise RuntimeError(f"nnictl create: the tuner did not connect in time in {attempts} attempts "
+                                   f"(last experiment {experiment_id}, stopped)")
+            print(f"nnictl create: the tuner of {experiment_id} did not connect in time; stopped it, retrying "
+                  f"({attempt + 1}/{attempts})", flush=True)
+            port = free_port(start=port + 2)
     raise AssertionError("unreachable")
 
 
 def _lost_tuner_race(base: str, wait_s: float) -> bool:
-    """True when the resumed experiment ends in ERROR because the tuner did not connect in time."""
+    """True when a new or resumed experiment ends in ERROR because the tuner did not connect in time."""
     deadline = time.time() + wait_s
     while time.time() < deadline:
         try:
