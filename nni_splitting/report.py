@@ -4,10 +4,18 @@ Reads every trial of the given experiments through NNI's REST API (``trial-jobs`
 metrics; nothing from private files) and writes, into ``--out`` (default ``results/``):
 
 * ``results.csv``: one row per trial (arm, method, seed, step, params, flops, params_ratio,
-  accuracy = test accuracy, val_accuracy, epochs, wall_time, experiment_id, trial_id, status, widths);
+  accuracy = test accuracy, val_accuracy, epochs, wall_time, mac_epochs, total_mac_epochs,
+  experiment_id, trial_id, status, widths);
 * ``results.md``: mean +- standard deviation over seeds per arm and step;
-* ``compare.png``: test accuracy against parameter ratio and against FLOPs, one curve per arm
-  (the layout of the paper's Fig. 3).
+* ``compare.png``: test accuracy against parameter ratio and against FLOPs (the layout of the
+  paper's Fig. 3: the size claim, at equal parameters or inference cost), and against the training
+  compute behind each network (the compute-matched claim), one curve per arm.
+
+Training compute is counted in MAC-epochs: one forward pass's multiply-accumulates (NNI's counter,
+per sample) times the epochs trained. ``mac_epochs`` is a trial's own training; ``total_mac_epochs``
+(:func:`add_training_compute`) all the training behind the network: a grown network's rounds along
+its lineage, a pruned network's full-model training and its fine-tuning, a network trained from
+scratch its own.
 
 A running experiment is read on its port (``--port``); a stopped one is served for the time of
 reading by ``nnictl view ID --port P`` and then stopped again (``--workdir`` when it was created
@@ -27,13 +35,15 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from .nni import nnictl, rest
 
-__all__ = ["COLUMNS", "rows_from_rest", "rows_from_trials", "read_experiment", "aggregate", "write_csv",
+__all__ = ["COLUMNS", "rows_from_rest", "rows_from_trials", "read_experiment", "aggregate", "add_training_compute",
+           "write_csv",
            "write_markdown", "plot", "write_outputs", "markdown_summary", "search_summary", "read_csv"]
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ["arm", "method", "seed", "step", "params", "flops", "params_ratio", "flops_ratio", "accuracy",
-           "val_accuracy", "epochs", "wall_time", "experiment_id", "trial_id", "status", "widths"]
+           "val_accuracy", "epochs", "wall_time", "mac_epochs", "total_mac_epochs", "experiment_id", "trial_id",
+           "status", "widths"]
 ARM_ORDER = ["splitting", "l1", "slim", "fpgm", "taylor", "bn_slim", "random_split", "new_neurons", "scratch",
              "l1_scratch", "slim_scratch", "fpgm_scratch", "taylor_scratch", "bn_slim_scratch", "uniform", "width",
              "full"]
@@ -56,6 +66,7 @@ def rows_from_trials(trials: Iterable[Dict[str, Any]], experiment_id: str) -> Li
             "accuracy": result.get("test_accuracy", result.get("default")), "val_accuracy": result.get("val_accuracy"),
             "epochs": result.get("epochs", params.get("epochs", "")),
             "wall_time": result.get("wall_time", result.get("seconds", "")),
+            "mac_epochs": result.get("mac_epochs", ""),
             "experiment_id": experiment_id, "trial_id": trial.get("id"), "status": trial.get("status"),
             "widths": result.get("widths", ""),
         })
@@ -140,6 +151,49 @@ def _is_search(row: Dict[str, Any]) -> bool:
     return row.get("method") == "width_search" or row.get("arm") == "width"
 
 
+def add_training_compute(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Fill ``mac_epochs`` where a trial did not report it (FLOPs x its own epochs) and ``total_mac_epochs``.
+
+    ``epochs`` of a grown network and of a pruned one count their ancestors' / the full model's
+    epochs too, so a row's own epochs are its ``epochs`` minus those of the previous step of its
+    lineage (same arm and seed) or of the full model (same seed). Rows are changed in place.
+    """
+    full = {str(r.get("seed")): r for r in rows if r.get("arm") == "full"}
+    lineages: Dict[tuple, List[dict]] = defaultdict(list)
+    for row in rows:
+        if row.get("method") == "splitting":
+            lineages[(row.get("arm"), str(row.get("seed")))].append(row)
+
+    def own(row: Dict[str, Any], before: float) -> Optional[float]:
+        reported = _num(row.get("mac_epochs"))
+        if reported is not None:
+            return reported
+        flops, epochs = _num(row.get("flops")), _num(row.get("epochs"))
+        return None if flops is None or epochs is None else flops * (epochs - before)
+
+    for members in lineages.values():
+        total, epochs_before = 0.0, 0.0
+        for row in sorted(members, key=lambda r: _num(r.get("step")) or 0):
+            row["mac_epochs"] = own(row, epochs_before)
+            total = None if total is None or row["mac_epochs"] is None else total + row["mac_epochs"]
+            row["total_mac_epochs"] = total
+            epochs_before = _num(row.get("epochs")) or epochs_before
+    for row in rows:
+        if row.get("method") == "splitting":
+            continue
+        pruned = row.get("method") == "pruning"
+        parent = full.get(str(row.get("seed"))) if pruned else None
+        if pruned and parent is None:  # its epochs include a full model's that is not in the rows
+            row["mac_epochs"] = _num(row.get("mac_epochs"))
+            row["total_mac_epochs"] = None
+            continue
+        before = (_num(parent.get("epochs")) or 0.0) if parent is not None else 0.0
+        row["mac_epochs"] = own(row, before)
+        base = own(parent, 0.0) if parent is not None else 0.0
+        row["total_mac_epochs"] = None if row["mac_epochs"] is None or base is None else base + row["mac_epochs"]
+    return rows
+
+
 def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Mean and standard deviation over seeds per (arm, step) (width search: per trial)."""
     groups: Dict[tuple, List[dict]] = defaultdict(list)
@@ -151,7 +205,8 @@ def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     out = []
     for (arm, step), members in groups.items():
         summary = {"arm": arm, "method": members[0].get("method"), "step": step, "n": len(members)}
-        for column in ("accuracy", "params_ratio", "params", "flops", "epochs", "wall_time", "val_accuracy"):
+        for column in ("accuracy", "params_ratio", "params", "flops", "epochs", "wall_time", "val_accuracy",
+                       "total_mac_epochs"):
             summary[column], summary[column + "_std"] = _mean_std([_num(m.get(column)) for m in members])
         out.append(summary)
     out.sort(key=lambda s: (_arm_key(s["arm"]), s["params_ratio"] or 0))
@@ -189,8 +244,9 @@ def _fmt(value, digits=4):
 
 def markdown_summary(rows: List[Dict[str, Any]]) -> str:
     """Markdown table of :func:`aggregate` (accuracy in %, mean +- std over seeds)."""
-    lines = ["| arm | method | step | params ratio (%) | params | MFLOPs | test acc. (%) | n | epochs | wall time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | method | step | params ratio (%) | params | MFLOPs | test acc. (%) | n | epochs | "
+             "training (G MAC-epochs) | wall time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     def f(value, scale=1.0, digits=1):
         return "" if value is None else f"{value * scale:.{digits}f}"
 
@@ -198,7 +254,7 @@ def markdown_summary(rows: List[Dict[str, Any]]) -> str:
         acc = f"{100 * s['accuracy']:.2f} ± {100 * (s['accuracy_std'] or 0):.2f}"
         lines.append(f"| {s['arm']} | {s['method']} | {s['step']} | {f(s['params_ratio'], 100, 2)} | "
                      f"{f(s['params'], 1, 0)} | {f(s['flops'], 1e-6, 4)} | {acc} | {s['n']} | {f(s['epochs'])} | "
-                     f"{f(s['wall_time'], 1, 0)} |")
+                     f"{f(s['total_mac_epochs'], 1e-9, 2)} | {f(s['wall_time'], 1, 0)} |")
     return "\n".join(lines)
 
 
@@ -241,7 +297,7 @@ def plot(rows: List[Dict[str, Any]], path, title: str = "") -> Path:
     import matplotlib.pyplot as plt
 
     summary = aggregate(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5))
     arms = sorted({s["arm"] for s in summary}, key=_arm_key)
     markers = "o^sv<>Dpx*h+"
     for i, arm in enumerate(arms):
@@ -258,8 +314,15 @@ def plot(rows: List[Dict[str, Any]], path, title: str = "") -> Path:
         err = [100 * (s["accuracy_std"] or 0) for s in points]
         axes[0].errorbar([100 * s["params_ratio"] for s in points], acc, yerr=err, **style)
         axes[1].errorbar([s["flops"] / 1e6 for s in points], acc, yerr=err, **style)
+        trained = [(s["total_mac_epochs"] / 1e9, a, e) for s, a, e in zip(points, acc, err) if s["total_mac_epochs"]]
+        if trained:
+            axes[2].errorbar(*zip(*[(x, a) for x, a, _ in trained]), yerr=[e for _, _, e in trained], **style)
     axes[0].set_xlabel("parameters (% of the full-width model)")
     axes[1].set_xlabel("MFLOPs (multiply-adds)")
+    axes[2].set_xlabel("training compute behind the network (G MAC-epochs)")
+    axes[0].set_title("size claim: accuracy at equal parameters", fontsize=10)
+    axes[1].set_title("inference cost: accuracy at equal FLOPs", fontsize=10)
+    axes[2].set_title("compute-matched claim: accuracy at equal training compute", fontsize=10)
     from matplotlib.ticker import FuncFormatter
     for ax in axes:
         ax.set_xscale("log")
@@ -279,6 +342,7 @@ def plot(rows: List[Dict[str, Any]], path, title: str = "") -> Path:
 
 
 def write_outputs(rows: List[Dict[str, Any]], out, title: str = "", prefix: str = "") -> Dict[str, Path]:
+    add_training_compute(rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return {"csv": write_csv(rows, out / f"{prefix}results.csv"),

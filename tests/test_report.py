@@ -78,3 +78,22 @@ def test_search_summary_picks_by_validation_not_test():
     # ... but the search picks by validation: b, not the test-best a; 3 samples, 2 trained, 48 epochs in all
     assert line.startswith("| nas_tpe | 3 | 2 | 48 | b | 3.00 | 95.00 | 91.00 |"), line
     assert report.search_summary(report.rows_from_trials(_trials()[:6], "EXP")) == ""
+
+
+def test_training_compute_counts_ancestors_and_the_full_model():
+    """MAC-epochs behind each network: a lineage's rounds add up; a pruned net carries the full model's training."""
+    rows = [{"arm": "full", "method": "full", "seed": 0, "step": 0, "flops": 1000.0, "epochs": 30},
+            {"arm": "splitting", "method": "splitting", "seed": 0, "step": 0, "flops": 100.0, "epochs": 30},
+            {"arm": "splitting", "method": "splitting", "seed": 0, "step": 1, "flops": 200.0, "epochs": 60,
+             "mac_epochs": 6000.0},  # reported by the trial: taken as is
+            {"arm": "splitting", "method": "splitting", "seed": 0, "step": 2, "flops": 400.0, "epochs": 90},
+            {"arm": "l1", "method": "pruning", "seed": 0, "step": 2, "flops": 150.0, "epochs": 50.0},
+            {"arm": "scratch_round", "method": "retrain", "seed": 0, "step": 2, "flops": 400.0, "epochs": 30.0},
+            {"arm": "l1", "method": "pruning", "seed": 5, "step": 2, "flops": 150.0, "epochs": 50.0}]  # no full model
+    report.add_training_compute(rows)
+    total = {(r["arm"], r["seed"], r["step"]): r["total_mac_epochs"] for r in rows}
+    assert total[("splitting", 0, 0)] == 3000 and total[("splitting", 0, 1)] == 9000
+    assert total[("splitting", 0, 2)] == 9000 + 400 * 30
+    assert total[("l1", 0, 2)] == 1000 * 30 + 150 * 20  # the full model's 30 epochs, then 20 of fine-tuning
+    assert total[("scratch_round", 0, 2)] == 400 * 30 and total[("full", 0, 0)] == 30000
+    assert total[("l1", 5, 2)] is None  # its epochs include a full model's that is not among the rows
