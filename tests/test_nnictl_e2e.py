@@ -123,6 +123,52 @@ def test_killed_trial_is_retried_from_the_same_parent(tmp_path):
         ex.stop(experiment_id)
 
 
+def test_corrupt_parent_checkpoint_fails_its_trials_and_the_lineage_falls_back(tmp_path):
+    """Issue 13 item 3, in a real run: a truncated parent checkpoint is a named error (exit 4), not a crash.
+
+    The child is killed while it trains and the seed's checkpoint truncated: the retry and the
+    fallback (the same parent with half the plan) both read it, exit 4 with the file named, and the
+    lineage stops with the reason instead of hanging.
+    """
+    path = _short_config(tmp_path, max_steps=1)
+    config = ex.load_config(path)
+    config["tuner"]["classArgs"]["trial"].update(seed_epochs=2, epochs=40)  # a child long enough to kill
+    path = ex.write_config(config, path)
+    port = ex.free_port(start=24000 + os.getpid() % 20000)
+    experiment_id = ex.create(path, port, env=ex.venv_env())
+    base = ex.rest_url(port)
+    try:
+        assert ex.wait(base, timeout=240, min_succeeded=1) != "TIMEOUT"
+        seed = next(t for t in ex.read_trials(base) if t["status"] == "SUCCEEDED")
+        checkpoint = Path(seed["result"]["checkpoint"])
+        victim = None
+        for _ in range(400):  # the child has read the checkpoint once it reports
+            running = [t for t in ex.read_trials(base) if t["status"] == "RUNNING"]
+            if running and ex.rest(base, f"metric-data/{running[0]['id']}"):
+                victim = running[0]
+                break
+            time.sleep(0.1)
+        assert victim is not None
+        checkpoint.write_bytes(checkpoint.read_bytes()[:200])  # truncated, as by a full disk
+        ex.rest(base, f"trial-jobs/{victim['id']}", method="DELETE")
+        assert ex.wait(base, timeout=300) == "DONE"  # the tuner ended: nothing hangs
+        trials = {t["id"]: t for t in ex.read_trials(base)}
+        failed = [t for t in trials.values() if t["id"] not in (seed["id"], victim["id"])]
+        assert len(failed) == 2 and all(t["status"] == "FAILED" for t in failed), \
+            [(t["id"], t["status"]) for t in trials.values()]
+        trial_dirs = tmp_path / "nni" / experiment_id / "environments" / "local-env" / "trials"
+        for trial in failed:
+            stderr = (trial_dirs / trial["id"] / "trial.stderr").read_text() + \
+                (trial_dirs / trial["id"] / "trial.log").read_text()
+            assert str(checkpoint) in stderr and "unreadable" in stderr, stderr[-2000:]
+        plans = [sum(len(v) for v in t["parameters"]["split_plan"].values()) for t in failed]
+        assert sorted(plans)[0] < sorted(plans)[1]  # the retry, then the fallback with half the plan
+        state = json.loads((tmp_path / "nni" / experiment_id / "checkpoint" / "splitting_tuner.json").read_text())
+        assert "failed attempt(s) at step 1" in state["stopped"]["0"], state["stopped"]
+    finally:
+        ex.stop(experiment_id)
+
+
 def test_stop_and_resume_continues_growth(tmp_path):
     path = _short_config(tmp_path)  # seed + 3 steps
     port = ex.free_port(start=23000 + os.getpid() % 20000)
