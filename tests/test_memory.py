@@ -166,3 +166,4 @@ def test_torchvision_models_split_with_the_default_method_within_6_gib(name):
     """)
     assert measured["finite"] and measured["layers"] >= 8
     assert measured["peak"] < 6 * GIB, f"{name}: peak resident set {measured['peak'] / GIB:.2f} GiB"
+    print(f"{name}: peak resident set {measured['peak'] / GIB:.2f} GiB")
