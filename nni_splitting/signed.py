@@ -33,7 +33,7 @@ import torch.nn as nn
 from .defaults import EPSILON
 from .graph.handlers import handler_for, replace_tensor
 from .splitting import LayerSplitting
-from .surgery import apply_splits, validate_plan
+from .surgery import split_groups, validate_plan
 
 __all__ = ["SIGNED_WEIGHT", "signed_indexes", "signed_schemes", "apply_signed_splits", "predicted_change"]
 
@@ -99,28 +99,36 @@ def apply_signed_splits(model: nn.Module, splits: Mapping[str, LayerSplitting], 
         raise ValueError(f"epsilon={epsilon!r} must be a finite number >= 0")
     plan = validate_plan(splits, plan)
     signed = signed_schemes({k: splits[k] for k in plan}, a)
-    old = {layer: int(splits[layer].num_neurons) for layer in plan}
-    # duplicates with halved output weights, then each pair's parameters and output weights set by its scheme
-    grown = apply_splits(model if inplace else copy.deepcopy(model), splits, plan, epsilon=0.0, inplace=True)
+    grown = model if inplace else copy.deepcopy(model)
     modules = dict(grown.named_modules())
+    work = []
     with torch.no_grad():
+        # Each pair as a centre and a symmetric split around it, on the producers' old input widths (a
+        # producer may also consume a split layer): positive, centre theta and +- eps v_min; signed,
+        # centre theta + eps (1+2a)/(2(1+a)) v_max and +- eps v_max / (2(1+a)), i.e. offspring
+        # theta + eps a/(1+a) v_max (kept at j) and theta + eps v_max (appended).
         for layer, indices in plan.items():
             producer, split = modules[layer], splits[layer]
             handler = handler_for(producer)
-            theta = handler.neuron_parameters(producer).clone()
+            theta = handler.neuron_parameters(producer).detach().clone()
             _, top_directions = _largest(split)
-            for k, j in enumerate(indices):
-                new = old[layer] + k
+            rows = []
+            for j in indices:
                 if bool(signed[layer][j]):
                     v = top_directions[j].to(theta)
-                    theta[j] = theta[j] + epsilon * a / (1 + a) * v   # delta_1, weight 1 + a
-                    theta[new] = theta[new] + epsilon * v             # delta_2, weight -a
-                    for consumer in split.group.consumers:            # halves -> (1 + a) and -a
-                        _scale_channel_inputs(modules[consumer.module], j, consumer.block, 2 * (1 + a))
-                        _scale_channel_inputs(modules[consumer.module], new, consumer.block, -2 * a)
+                    theta[j] = theta[j] + epsilon * (1 + 2 * a) / (2 * (1 + a)) * v
+                    rows.append(-v / (2 * (1 + a)))
                 else:
-                    v = split.directions[j].to(theta)
-                    theta[j] = theta[j] + epsilon * v
-                    theta[new] = theta[new] - epsilon * v
+                    rows.append(split.directions[j].to(theta))
             handler.set_neuron_parameters(producer, theta)
+            work.append((split.group, list(indices), torch.stack(rows)))
+        old = {layer: int(splits[layer].num_neurons) for layer in plan}
+        split_groups(modules, work, epsilon)  # duplicates with halved output weights, consumers widened
+        for layer, indices in plan.items():  # signed pairs: halves -> (1 + a) and -a
+            for k, j in enumerate(indices):
+                if bool(signed[layer][j]):
+                    for consumer in splits[layer].group.consumers:
+                        module = modules[consumer.module]
+                        _scale_channel_inputs(module, j, consumer.block, 2 * (1 + a))
+                        _scale_channel_inputs(module, old[layer] + k, consumer.block, -2 * a)
     return grown

@@ -24,7 +24,7 @@ from .defaults import EPSILON
 from .graph import LayerHandler, NeuronGroup, handler_for
 from .splitting import LayerSplitting
 
-__all__ = ["apply_splits", "split_group", "validate_plan"]
+__all__ = ["apply_splits", "split_group", "split_groups", "validate_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,13 @@ def _check_modules(modules: Mapping[str, nn.Module], groups: Iterable[NeuronGrou
         raise ValueError(f"the model has no module(s) {missing} named in the splitting results")
 
 
-def _split_groups(modules: Mapping[str, nn.Module], work: Sequence[Tuple[NeuronGroup, List[int], torch.Tensor]],
-                  epsilon: float) -> None:
-    """Split ``(group, indices, directions)`` in place: every producer first, then followers and consumers."""
+def split_groups(modules: Mapping[str, nn.Module], work: Sequence[Tuple[NeuronGroup, List[int], torch.Tensor]],
+                 epsilon: float) -> None:
+    """Split ``(group, indices, directions)`` in place: every producer first, then followers and consumers.
+
+    ``modules`` is the model's ``dict(named_modules())``. The order matters when a producer is also
+    a consumer of another split group: its directions were computed on its old input width.
+    """
     old_channels = {}
     # Producers first: their directions were computed on the old input width of each layer.
     for group, indices, directions in work:
@@ -112,7 +116,7 @@ def split_group(model: nn.Module, group: NeuronGroup, indices: Sequence[int], di
     if any(not 0 <= i < size for i in indices) or len(set(indices)) != len(indices):
         raise ValueError(f"indices {indices!r} must be distinct neurons of {group.layer!r}, which has {size}")
     directions = torch.as_tensor(directions).reshape(len(indices), -1)
-    _split_groups(modules, [(group, indices, directions)], epsilon)
+    split_groups(modules, [(group, indices, directions)], epsilon)
     return grown
 
 
@@ -143,6 +147,6 @@ def apply_splits(model: nn.Module, splits: Mapping[str, LayerSplitting], plan: M
     grown = model if inplace else copy.deepcopy(model)
     modules = dict(grown.named_modules())
     _check_modules(modules, [splits[layer].group for layer in plan])
-    _split_groups(modules, [(splits[layer].group, indices, splits[layer].directions[torch.tensor(indices)])
+    split_groups(modules, [(splits[layer].group, indices, splits[layer].directions[torch.tensor(indices)])
                             for layer, indices in plan.items()], epsilon)
     return grown

@@ -94,6 +94,26 @@ def test_function_is_preserved_at_zero_epsilon_with_signed_output_weights():
             assert torch.allclose(consumer.weight[:, 6 + j], -2 * original[:, j])
 
 
+def test_consecutive_split_layers_take_their_directions_on_the_old_widths():
+    """Both hidden layers of an MLP split at once (the second also consumes the first), as every
+    round of the CIFAR protocol does: this failed with a size mismatch when the signed offsets were
+    written after the consumers had been widened. At eps = 0 the function is kept; at a small eps
+    the measured loss change is the sum of the predicted ones."""
+    model, x, y = _trained_mlp("tanh", widths=(6, 5), steps=200)
+    loss_fn = nn.CrossEntropyLoss()
+    splits = compute_splitting(model, loss_fn, [(x, y)], method="exact")
+    assert len(splits) == 2
+    plan = {layer: list(range(split.num_neurons)) for layer, split in splits.items()}
+    assert any(bool(s.any()) for s in signed_schemes(splits, 1.0).values())  # both schemes are in play
+    grown = apply_signed_splits(model, splits, plan, epsilon=0.0, a=1.0)
+    assert torch.allclose(grown(x), model(x), atol=1e-12)
+    eps = 1e-3
+    before = _loss(model, x, y, loss_fn)
+    measured = _loss(apply_signed_splits(model, splits, plan, epsilon=eps, a=1.0), x, y, loss_fn) - before
+    predicted = predicted_change(splits, plan, eps, 1.0)
+    assert abs(measured - predicted) <= 0.02 * abs(predicted), (measured, predicted)
+
+
 def test_signed_splitting_grows_a_network_that_is_splitting_stable_for_s2d():
     """Every lambda_min >= 0 (S2D stops); S3D's signed splits still lower the loss."""
     model, x, target = _splitting_stable_toy()
