@@ -91,23 +91,32 @@ def test_digits_growth_end_to_end(tmp_path):
             ex.stop(experiment_id)
 
 
-def test_killed_trial_is_retried_from_the_same_parent(tmp_path):
+def _start_with_a_long_child(tmp_path, port_base):
+    """A seed (2 epochs) and one growth step long enough to kill (40 epochs); ``(id, REST base)``."""
     path = _short_config(tmp_path, max_steps=1)
     config = ex.load_config(path)
-    config["tuner"]["classArgs"]["trial"].update(seed_epochs=2, epochs=40)  # a child long enough to kill
+    config["tuner"]["classArgs"]["trial"].update(seed_epochs=2, epochs=40)
     path = ex.write_config(config, path)
-    port = ex.free_port(start=22000 + os.getpid() % 20000)
+    port = ex.free_port(start=port_base + os.getpid() % 20000)
     experiment_id = ex.create(path, port, env=ex.venv_env())
-    base = ex.rest_url(port)
+    return experiment_id, ex.rest_url(port)
+
+
+def _running_child(base):
+    """The growth trial once it trains (it has read its parameters and its parent, and reported)."""
+    for _ in range(400):
+        running = [t for t in ex.read_trials(base) if t["status"] == "RUNNING"]
+        if running and ex.rest(base, f"metric-data/{running[0]['id']}"):
+            return running[0]
+        time.sleep(0.1)
+    return None
+
+
+def test_killed_trial_is_retried_from_the_same_parent(tmp_path):
+    experiment_id, base = _start_with_a_long_child(tmp_path, 22000)
     try:
         assert ex.wait(base, timeout=240, min_succeeded=1) != "TIMEOUT"
-        victim = None
-        for _ in range(400):  # kill the child once it is training (it has asked for its parameters)
-            running = [t for t in ex.read_trials(base) if t["status"] == "RUNNING"]
-            if running and ex.rest(base, f"metric-data/{running[0]['id']}"):
-                victim = running[0]
-                break
-            time.sleep(0.1)
+        victim = _running_child(base)  # kill the child once it is training
         assert victim is not None and victim["parameters"]["step"] == 1
         ex.rest(base, f"trial-jobs/{victim['id']}", method="DELETE")  # what `nnictl trial kill` does
         assert ex.wait(base, timeout=300) == "DONE"
@@ -130,24 +139,12 @@ def test_corrupt_parent_checkpoint_fails_its_trials_and_the_lineage_falls_back(t
     fallback (the same parent with half the plan) both read it, exit 4 with the file named, and the
     lineage stops with the reason instead of hanging.
     """
-    path = _short_config(tmp_path, max_steps=1)
-    config = ex.load_config(path)
-    config["tuner"]["classArgs"]["trial"].update(seed_epochs=2, epochs=40)  # a child long enough to kill
-    path = ex.write_config(config, path)
-    port = ex.free_port(start=24000 + os.getpid() % 20000)
-    experiment_id = ex.create(path, port, env=ex.venv_env())
-    base = ex.rest_url(port)
+    experiment_id, base = _start_with_a_long_child(tmp_path, 24000)
     try:
         assert ex.wait(base, timeout=240, min_succeeded=1) != "TIMEOUT"
         seed = next(t for t in ex.read_trials(base) if t["status"] == "SUCCEEDED")
         checkpoint = Path(seed["result"]["checkpoint"])
-        victim = None
-        for _ in range(400):  # the child has read the checkpoint once it reports
-            running = [t for t in ex.read_trials(base) if t["status"] == "RUNNING"]
-            if running and ex.rest(base, f"metric-data/{running[0]['id']}"):
-                victim = running[0]
-                break
-            time.sleep(0.1)
+        victim = _running_child(base)  # it has read the checkpoint once it reports
         assert victim is not None
         checkpoint.write_bytes(checkpoint.read_bytes()[:200])  # truncated, as by a full disk
         ex.rest(base, f"trial-jobs/{victim['id']}", method="DELETE")
