@@ -21,8 +21,8 @@ import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-__all__ = ["EIGH_MATRICES", "EIGH_WORKSPACE", "LOBPCG_VECTORS", "BATCH_COPIES", "LayerCost", "plan_passes", "choose_methods",
-           "format_bytes"]
+__all__ = ["EIGH_MATRICES", "EIGH_WORKSPACE", "LOBPCG_VECTORS", "BATCH_COPIES", "LayerCost", "plan_passes",
+           "choose_methods", "format_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ EIGH_MATRICES = 3
 EIGH_WORKSPACE = 3
 #: Vectors of length ``d`` per block column held by one neuron's LOBPCG at its peak: ``X, SX, P, SP``
 #: kept between iterations, ``R, W, SW``, the basis ``[X W P]`` and ``S [X W P]`` (``3k`` each) and
-#: their float64 copies in Rayleigh-Ritz (measured in ``benchmarks/peak_memory.py``).
+#: their float64 copies in Rayleigh-Ritz (a float32 solve measured ~29; ``benchmarks/peak_memory.py`` checks the total).
 LOBPCG_VECTORS = 32
 #: Copies of one batch's unfolded inputs ``[N_b, d, P]`` the exact method holds while it adds a batch:
 #: ``x~`` itself, its ``[N_b P, d]`` flattening, and ``w x~`` with its operand for one neuron at least.
