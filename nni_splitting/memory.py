@@ -1,5 +1,5 @@
 """The memory budget of :func:`~nni_splitting.splitting.compute_splitting`: estimates, the check made
-before any work, and the plan of passes over the data.
+before the first forward pass, and the plan of passes over the data.
 
 ``memory_limit`` bounds the working memory of every method. Half of it holds the data of one pass
 (the exact method's running sums of ``S_j``, the fast method's cached layer data), the other half the
@@ -100,7 +100,7 @@ class LayerCost:
 
 
 def choose_methods(costs: Dict[str, LayerCost], wanted: Dict[str, str], method: str, memory_limit: int) -> Dict[str, str]:
-    """Each layer's method, checked against ``memory_limit`` before any data is read.
+    """Each layer's method, checked against ``memory_limit`` before the first forward pass.
 
     ``wanted`` is the method asked for per layer (``"auto"`` already resolved by the size rule). Under
     ``"auto"`` a layer that does not fit its method takes the other one when that fits; otherwise (or

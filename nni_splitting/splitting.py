@@ -177,7 +177,7 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
         Bytes of working memory of every method (default 2 GiB): half for the data of a pass (the
         exact running sums of ``S_j``, the fast cached layer data), half for the work on them (``eigh``
         on blocks of matrices, LOBPCG on groups of neurons); more data than that takes several passes
-        over the batches. Checked before any data is read: a layer that cannot fit raises a
+        over the batches. Checked before the first forward pass: a layer that cannot fit raises a
         ``ValueError`` naming it and the method that would fit. Not counted: the model, one batch's
         recorded values, bounded temporaries and the results (see :mod:`nni_splitting.memory`);
         ``keep_matrices=True`` also keeps every exact layer's ``n d^2`` matrices.
@@ -254,7 +254,7 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
                              largest_batch * sizes[name][1] * _positions(nodes[groups[name].preactivation_node])
                              * element_bytes)
              for name in groups}
-    methods = choose_methods(costs, wanted_methods, method, memory_limit)  # before any data is read
+    methods = choose_methods(costs, wanted_methods, method, memory_limit)  # before the first forward pass
     passes = plan_passes(costs, methods, memory_limit)
     work_bytes = memory_limit - memory_limit // 2  # the half for temporaries, eigh blocks and LOBPCG groups
     if len(passes) > 1:
