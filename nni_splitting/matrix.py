@@ -117,13 +117,14 @@ def weighted_gram(features: torch.Tensor, weights: torch.Tensor,
     chunk_elements : int
         Neurons are taken in chunks whose temporary ``w f`` has at most this many elements.
     out : Tensor ``[O, d, d]``, optional
-        Accumulate ``alpha * G`` into it in place (no ``[O, d, d]`` temporary) and return it.
+        Accumulate ``alpha * G`` into it in place (no ``[O, d, d]`` temporary) and return it; by default
+        a new zero tensor (so the result is ``alpha * G``).
     """
     n, o, p = weights.shape
     shared = features.dim() == 3
     d = features.shape[-2]
     if out is None:
-        out, alpha = torch.zeros(o, d, d, dtype=weights.dtype, device=weights.device), 1.0
+        out = torch.zeros(o, d, d, dtype=weights.dtype, device=weights.device)
     rows_per_neuron = max(1, n * p * d)
     step = max(1, chunk_elements // rows_per_neuron)
     flat = features.permute(0, 2, 1).reshape(n * p, d) if shared else None  # [NP, d]
