@@ -33,7 +33,7 @@ import torch.nn as nn
 from .defaults import EPSILON
 from .graph.handlers import handler_for, replace_tensor
 from .splitting import LayerSplitting
-from .surgery import split_groups, validate_plan
+from .surgery import check_modules, split_groups, validate_plan
 
 __all__ = ["SIGNED_WEIGHT", "signed_indexes", "signed_schemes", "apply_signed_splits", "predicted_change"]
 
@@ -101,6 +101,7 @@ def apply_signed_splits(model: nn.Module, splits: Mapping[str, LayerSplitting], 
     signed = signed_schemes({k: splits[k] for k in plan}, a)
     grown = model if inplace else copy.deepcopy(model)
     modules = dict(grown.named_modules())
+    check_modules(modules, [splits[layer].group for layer in plan])  # as apply_splits does
     work = []
     with torch.no_grad():
         # Each pair as a centre and a symmetric split around it, on the producers' old input widths (a

@@ -24,7 +24,7 @@ from .defaults import EPSILON
 from .graph import LayerHandler, NeuronGroup, handler_for
 from .splitting import LayerSplitting
 
-__all__ = ["apply_splits", "split_group", "split_groups", "validate_plan"]
+__all__ = ["apply_splits", "check_modules", "split_group", "split_groups", "validate_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ def _handler(module: nn.Module, name: str) -> LayerHandler:
     return handler
 
 
-def _check_modules(modules: Mapping[str, nn.Module], groups: Iterable[NeuronGroup]) -> None:
+def check_modules(modules: Mapping[str, nn.Module], groups: Iterable[NeuronGroup]) -> None:
+    """``ValueError`` unless every module the groups name (producer, followers, consumers) is in ``modules``."""
     missing = sorted({n for g in groups for n in [g.layer, *g.followers, *(c.module for c in g.consumers)]}
                      - set(modules))
     if missing:
@@ -110,7 +111,7 @@ def split_group(model: nn.Module, group: NeuronGroup, indices: Sequence[int], di
     epsilon = _check_epsilon(epsilon)
     grown = model if inplace else copy.deepcopy(model)
     modules = dict(grown.named_modules())
-    _check_modules(modules, [group])
+    check_modules(modules, [group])
     size = _handler(modules[group.layer], group.layer).num_neurons(modules[group.layer])
     indices = [int(i) for i in indices]
     if any(not 0 <= i < size for i in indices) or len(set(indices)) != len(indices):
@@ -146,7 +147,7 @@ def apply_splits(model: nn.Module, splits: Mapping[str, LayerSplitting], plan: M
     plan = validate_plan(splits, plan)
     grown = model if inplace else copy.deepcopy(model)
     modules = dict(grown.named_modules())
-    _check_modules(modules, [splits[layer].group for layer in plan])
+    check_modules(modules, [splits[layer].group for layer in plan])
     split_groups(modules, [(splits[layer].group, indices, splits[layer].directions[torch.tensor(indices)])
                             for layer, indices in plan.items()], epsilon)
     return grown
