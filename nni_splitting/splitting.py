@@ -26,8 +26,9 @@ from .defaults import METHOD
 from .fast import AUTO_EXACT_MAX_D, check_fast_options, solve_max_eigenpairs, solve_min_eigenpairs
 from .graph import NeuronGroup, activation_of_node, find_neuron_groups, handler_for, trace_model
 from .layer_data import FastLayerData
-from .matrix import (DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, depthwise_jacobian_at,
-                     extreme_eigenpairs, neuron_inputs, neuron_slopes, neuron_weights, weighted_gram)
+from .matrix import (DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, depthwise_jacobian_from_taps,
+                     depthwise_taps, extreme_eigenpairs, neuron_inputs, neuron_inputs_at, neuron_slopes, neuron_weights,
+                     weighted_gram)
 from .memory import LayerCost, choose_methods, format_bytes, plan_passes
 
 __all__ = ["LayerSplitting", "compute_splitting", "save_splits", "load_splits", "METHODS"]
@@ -390,42 +391,55 @@ def _add_splitting_matrices(sums: torch.Tensor, alpha: float, group: NeuronGroup
     in place; with ``position_samples``, the sums over positions are estimated from that many drawn
     positions. Temporaries have at most ``chunk_elements`` elements (beside the batch's unfolded inputs)."""
     layer = modules[group.layer]
-    patches = neuron_inputs(values[group.input_node].detach(), layer)  # [N, d, P]
+    inputs = values[group.input_node].detach()
     preactivation = values[group.preactivation_node].detach()
     n, channels = preactivation.shape[:2]
     scale = batchnorm_scale(modules.get(group.pre_bn) if group.pre_bn else None, channels, preactivation)
     gradient = gradients[group.activation_node]
     if gradient is None:  # the loss does not depend on this activation
         return
+    patches = None  # every position's x~ [N, d, P]: unfolded only when some sum runs over every position
     # S_j = E[ sum_p dL/da_{j,p} * sigma''(u_{j,p}) * c_j^2 * x~_p x~_p^T ]           (eq. 3)
     # sum_p ~ (P / |p'|) sum_{p in p'} over a uniform draw p' of positions (unbiased)
-    index, factor = _sample_positions(patches.shape[2], position_samples, generator, patches.device)
+    index, factor = _sample_positions(preactivation[0, 0].numel(), position_samples, generator, preactivation.device)
     if index is None:
+        patches = neuron_inputs(inputs, layer)
         weights = neuron_weights(gradient, preactivation, spec.second, scale).reshape(n, channels, -1)
         weighted_gram(patches, weights[:, chunk], chunk_elements, out=sums, alpha=alpha)
-    else:  # the weights only where they are used
+    else:  # x~ and the weights only at the drawn positions (gathered, not unfolded)
         flat = (gradient.reshape(n, channels, -1)[:, chunk][:, :, index],
                 preactivation.reshape(n, channels, -1)[:, chunk][:, :, index])
         weights = neuron_weights(*flat, spec.second, scale[chunk]) * factor
-        weighted_gram(patches[:, :, index], weights, chunk_elements, out=sums, alpha=alpha)
+        weighted_gram(neuron_inputs_at(inputs, layer, index), weights, chunk_elements, out=sums, alpha=alpha)
     if group.depthwise_activation_node and gradients.get(group.depthwise_activation_node) is not None:
         depthwise = modules[group.depthwise]
         u2 = values[group.depthwise_preactivation_node].detach()
         scale2 = batchnorm_scale(modules.get(group.depthwise_bn) if group.depthwise_bn else None, channels, u2)
         g2 = gradients[group.depthwise_activation_node]
         # S_j += E[ sum_q dL/db_{j,q} * sigma_2''(u'_{j,q}) * c'_j^2 * J_{j,q} J_{j,q}^T ]
-        weights2 = neuron_weights(g2, u2, spec2.second, scale2).reshape(n, channels, -1)
         grid = tuple(preactivation.shape[2:])
-        slopes = neuron_slopes(preactivation, spec.first, scale)  # c_j sigma'(u_j), inside J_{j,q}
-        jacobian_elements = n * patches.shape[1] * weights2.shape[2]  # one neuron's J: [N, d, Q]
+        index2, factor2 = _sample_positions(u2[0, 0].numel(), position_samples, generator, preactivation.device)
+        if index2 is None:
+            weights2 = neuron_weights(g2, u2, spec2.second, scale2).reshape(n, channels, -1)[:, chunk]
+            slopes = neuron_slopes(preactivation, spec.first, scale)  # c_j sigma'(u_j), inside J_{j,q}
+            patches = neuron_inputs(inputs, layer) if patches is None else patches
+        else:  # J only at the drawn positions q, from x~ and the slopes gathered at their taps q + k
+            taps, inside = depthwise_taps(depthwise, grid, index2)  # [Q, K]
+            weights2 = neuron_weights(g2.reshape(n, channels, -1)[:, chunk][:, :, index2],
+                                      u2.reshape(n, channels, -1)[:, chunk][:, :, index2], spec2.second,
+                                      scale2[chunk]) * factor2
+            slopes = neuron_slopes(preactivation.reshape(n, channels, -1)[:, chunk][:, :, taps], spec.first,
+                                   scale[chunk]) * inside.to(preactivation.dtype)  # [N, c, Q, K], zero in the padding
+            tap_inputs = neuron_inputs_at(inputs, layer, taps)  # [N, d, Q, K]
+        d = (patches if index2 is None else tap_inputs).shape[1]
+        jacobian_elements = n * d * weights2.shape[2]  # one neuron's J: [N, d, Q]
         step = max(1, chunk_elements // jacobian_elements)
-        index2, factor2 = _sample_positions(weights2.shape[2], position_samples, generator, patches.device)
         for start in range(chunk.start, chunk.stop, step):
             part = slice(start, min(chunk.stop, start + step))
+            local = slice(part.start - chunk.start, part.stop - chunk.start)
             if index2 is None:
-                jacobian, w2 = depthwise_jacobian(patches, slopes, None, depthwise, grid, part), weights2[:, part]
-            else:  # J only at the drawn positions
-                jacobian = depthwise_jacobian_at(patches, slopes, depthwise, grid, part, index2)
-                w2 = weights2[:, part][:, :, index2] * factor2
-            weighted_gram(jacobian, w2, chunk_elements, out=sums[part.start - chunk.start:part.stop - chunk.start],
-                          alpha=alpha)
+                jacobian = depthwise_jacobian(patches, slopes, None, depthwise, grid, part)
+            else:
+                kernel = depthwise.weight[part].detach().reshape(part.stop - part.start, -1)
+                jacobian = depthwise_jacobian_from_taps(tap_inputs, slopes[:, local], kernel)
+            weighted_gram(jacobian, weights2[:, local], chunk_elements, out=sums[local], alpha=alpha)

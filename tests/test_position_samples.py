@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 
 from nni_splitting import compute_splitting
-from nni_splitting.matrix import depthwise_jacobian, depthwise_jacobian_at
+from nni_splitting.graph.handlers import Conv2dHandler, LayerHandler
+from nni_splitting.matrix import depthwise_jacobian, depthwise_jacobian_at, neuron_inputs, neuron_inputs_at
 from nni_splitting.models import build_model
 
 
@@ -64,3 +65,32 @@ def test_bad_position_samples_are_refused(tiny):
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="position_samples"):
             compute_splitting(model, nn.CrossEntropyLoss(), batches, position_samples=bad)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, bias", [
+    (3, 1, 1, 1, True), (3, 2, 1, 1, False), (1, 1, 0, 1, True), (5, 2, 3, 2, True), (3, 1, 0, 1, False)])
+def test_gathered_conv_patches_equal_the_unfolded_ones(kernel, stride, padding, dilation, bias):
+    """neuron_inputs_at gathers x~ at chosen positions (incl. padding taps) exactly as unfold finds them."""
+    torch.manual_seed(kernel + stride)
+    conv = nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias).double()
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64)
+    full = neuron_inputs(x, conv)
+    positions = torch.randperm(full.shape[2])[:7]
+    assert torch.equal(neuron_inputs_at(x, conv, positions), full[:, :, positions])
+    grid = positions[:6].reshape(2, 3)  # any index shape: [N, d, *shape]
+    assert torch.equal(neuron_inputs_at(x, conv, grid), full[:, :, grid])
+
+
+def test_sampled_positions_match_the_dense_computation_of_the_same_draw(tiny, monkeypatch):
+    """The gathered path (x~ only at the drawn positions and their depthwise taps) sums the same terms as
+    unfolding every position and indexing (the handlers' default): one draw, both ways, fp64."""
+    model, batches = tiny
+    gathered = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="exact", keep_matrices=True,
+                                 position_samples=7, seed=3)
+    monkeypatch.setattr(Conv2dHandler, "neuron_inputs_at", LayerHandler.neuron_inputs_at)
+    unfolded = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="exact", keep_matrices=True,
+                                 position_samples=7, seed=3)
+    full = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="exact", keep_matrices=True)
+    for name in full:
+        assert torch.allclose(gathered[name].matrices, unfolded[name].matrices, atol=1e-13), name
+    assert any(not torch.allclose(gathered[n].matrices, full[n].matrices) for n in full)  # it did sample

@@ -137,6 +137,11 @@ class LayerHandler:
         """``x~_p`` with ``u_{j,p} = theta_j^T x~_p``: ``[N, d, P]`` for the module's input ``x``."""
         raise NotImplementedError(f"{type(self).__name__} does not give the inputs of {type(module).__name__}")
 
+    def neuron_inputs_at(self, module: nn.Module, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """:meth:`neuron_inputs` at the output positions ``positions`` only (flat indices, any shape
+        ``S``): ``[N, d, *S]``. This default unfolds every position and indexes; override it to gather."""
+        return self.neuron_inputs(module, x)[:, :, positions]
+
     def neuron_products(self, module: nn.Module, x: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """``t_{n,m,p} = vectors_m^T x~_{n,p}``: ``[N, M, P]`` (or the output grid, ``[N, M, *grid]``)."""
         return torch.einsum("ndp,md->nmp", self.neuron_inputs(module, x), vectors)
@@ -292,6 +297,27 @@ class Conv2dHandler(_RowNeuronsHandler):
         if module.bias is not None:
             patches = torch.cat([patches, torch.ones_like(patches[:, :1])], dim=1)
         return patches
+
+    def neuron_inputs_at(self, module, x, positions):
+        """The patches at ``positions`` gathered from ``x`` (no unfold of the whole grid, no padded copy):
+        input pixel ``(q_h s_h - p_h + k_h r_h, q_w s_w - p_w + k_w r_w)`` for output position ``q`` and tap
+        ``k``, zero where that falls in the padding."""
+        self.check(module)
+        n, channels, height, width = x.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (module.kernel_size, module.stride, module.padding, module.dilation)
+        out_width = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        flat = positions.reshape(-1)
+        rows = (flat // out_width * sh - ph)[:, None, None] + (torch.arange(kh, device=x.device) * dh)[None, :, None]
+        cols = (flat % out_width * sw - pw)[:, None, None] + (torch.arange(kw, device=x.device) * dw)[None, None, :]
+        inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)  # [Q, kh, kw]
+        pixels = (rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)).reshape(-1)
+        gathered = x.reshape(n, channels, height * width)[:, :, pixels].reshape(n, channels, flat.numel(), kh * kw)
+        if not bool(inside.all()):
+            gathered = gathered * inside.reshape(1, 1, flat.numel(), kh * kw).to(x.dtype)
+        patches = gathered.permute(0, 1, 3, 2).reshape(n, channels * kh * kw, flat.numel())  # unfold's row order
+        if module.bias is not None:
+            patches = torch.cat([patches, torch.ones_like(patches[:, :1])], dim=1)
+        return patches.reshape(n, patches.shape[1], *positions.shape)
 
     def neuron_products(self, module, x, vectors):
         self.check(module)
