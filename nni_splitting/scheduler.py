@@ -344,7 +344,7 @@ class Scheduler:
             base = lin.budget_totals(info)
             if lin.over_budget(base, self.limits):
                 return self.stop(lineage, f"budget {self.limits} reached ({base})")
-            ranked = lin.rank_plan(plan, info["eigenvalues"], self._costs(info))
+            ranked = lin.rank_plan(plan, info["eigenvalues"], self._costs(info, lineage))
             exact = self.counter(info) if self.counter else None
             plan = lin.trim_plan(ranked, base, lin.budget_unit_costs(info), self.limits, exact=exact)
             if not plan:
@@ -364,13 +364,14 @@ class Scheduler:
             return lin.clean_plan(select_lowest_fraction(eigenvalues, max_splits=m,
                                                          max_per_layer=self.args.max_per_layer))
         plan = select_neurons(eigenvalues, max_splits=m, threshold=self.args.threshold,
-                              max_per_layer=self.args.max_per_layer, costs=self._costs(info))
+                              max_per_layer=self.args.max_per_layer, costs=self._costs(info, lineage))
         return lin.clean_plan(plan)
 
-    def _costs(self, info: dict) -> Optional[dict]:
-        if self.args.cost == "none":
+    def _costs(self, info: dict, lineage: int = 0) -> Optional[dict]:
+        cost = self._lineage_settings(lineage).get("cost", self.args.cost)
+        if cost == "none":
             return None
-        return info.get("costs", {}).get(self.args.cost) or None
+        return info.get("costs", {}).get(cost) or None
 
     def _info(self, node: Node) -> dict:
         if node.info is None:
@@ -441,7 +442,7 @@ class Scheduler:
         own = self._lineage_settings(node.lineage)
         settings = dict(args.trial)
         settings.setdefault("growth_strategy", getattr(args, "strategy", "s2d"))
-        settings.update({k: v for k, v in own.items() if k not in ("epsilon", "selection")})
+        settings.update({k: v for k, v in own.items() if k not in ("epsilon", "selection", "cost")})
         settings["seed"] = int(settings.get("seed", 0)) + (0 if "seed" in own else node.lineage)
         info = (parent.info or {}) if parent else {}
         result = (parent.result or {}) if parent else {}

@@ -77,7 +77,7 @@ class SplittingArguments(NamedTuple):
         Seconds a trial NNI re-runs after ``nnictl resume`` may take before it is retried.
     lineage_settings
         One dict per lineage (``beam`` of them) overriding, for that lineage only, training settings
-        (keys of ``trial``), ``epsilon``, ``selection`` and ``arm_label`` (its name in the results):
+        (keys of ``trial``), ``epsilon``, ``selection``, ``cost`` and ``arm_label`` (its name in the results):
         a sweep of growth settings as one experiment.  An explicit ``seed`` is used as is (not
         ``+ lineage``).
     """
@@ -113,10 +113,10 @@ def _is_number(value) -> bool:
 
 
 #: Keys of a ``lineage_settings`` entry besides the training settings.
-LINEAGE_KEYS = ("epsilon", "selection", "arm_label")
+LINEAGE_KEYS = ("epsilon", "selection", "cost", "arm_label")
 
 
-def check_lineage_settings(entries, beam: int, trial: dict) -> None:
+def check_lineage_settings(entries, beam: int, trial: dict, selection: str = "negative") -> None:
     """``ValueError`` unless ``entries`` is one dict of known keys per lineage (see :class:`SplittingArguments`)."""
     if not isinstance(entries, (list, tuple)) or not all(isinstance(e, dict) for e in entries):
         raise ValueError(f"lineage_settings must be a list of dicts (one per lineage), got {entries!r}")
@@ -131,6 +131,11 @@ def check_lineage_settings(entries, beam: int, trial: dict) -> None:
         if "selection" in entry and entry["selection"] not in TUNER_SELECTIONS:
             raise ValueError(f"lineage_settings[{number}].selection must be one of {list(TUNER_SELECTIONS)}, "
                              f"got {entry['selection']!r}")
+        if "cost" in entry and entry["cost"] not in COSTS:
+            raise ValueError(f"lineage_settings[{number}].cost must be one of {list(COSTS)}, got {entry['cost']!r}")
+        if entry.get("cost", "none") != "none" and entry.get("selection", selection) == "lowest_fraction":
+            raise ValueError(f"lineage_settings[{number}]: selection='lowest_fraction' ranks by index only; "
+                             f"got cost={entry['cost']!r}")
         if "epsilon" in entry and not (_is_number(entry["epsilon"]) and entry["epsilon"] >= 0):
             raise ValueError(f"lineage_settings[{number}].epsilon must be a number >= 0, got {entry['epsilon']!r}")
         if "arm_label" in entry and not (isinstance(entry["arm_label"], str) and entry["arm_label"]):
@@ -198,6 +203,6 @@ class SplittingClassArgsValidator(ClassArgsValidator):
         if not (_is_number(args.resume_timeout) and args.resume_timeout > 0):
             raise ValueError(f"resume_timeout must be a number of seconds > 0, got {args.resume_timeout!r}")
         if args.lineage_settings is not None:
-            check_lineage_settings(args.lineage_settings, args.beam, args.trial or {})
+            check_lineage_settings(args.lineage_settings, args.beam, args.trial or {}, args.selection)
         if args.local_storage_path and not args.storage_path:
             raise ValueError("local_storage_path needs storage_path (the same folder as the trials see it)")

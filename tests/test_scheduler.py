@@ -1,6 +1,9 @@
 """The Scheduler without NNI: fake trial results and index files, time passed in by the test."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -251,3 +254,27 @@ def test_lineage_settings_are_validated():
         check(beam=2, lineage_settings=[{}, {"epoch": 3}])
     with pytest.raises(ValueError, match=r"lineage_settings\[0\].selection"):
         check(beam=1, lineage_settings=[{"selection": "best"}])
+
+
+def test_lineage_settings_cost_ranks_that_lineage_per_flop(tmp_path):
+    """A lineage's own ``cost`` ranks its splits by index per added FLOP; the others keep the tuner's."""
+    sched = make(tmp_path, beam=2, max_splits=1, max_steps=1, lineage_settings=[{"cost": "flops"}, {}])
+    sched.start()
+    for node in (sched.pop_ready(), sched.pop_ready()):
+        result = finish(tmp_path, node)
+        index = json.loads(Path(result["indexes"]).read_text())
+        index["costs"] = {"flops": {"a": 10.0, "b": 1.0}, "params": {"a": 1.0, "b": 1.0}}
+        atomic_write_json(Path(result["indexes"]), index)
+        sched.succeeded(node, result)
+    children = {n.lineage: n for n in (sched.pop_ready(), sched.pop_ready())}
+    assert children[0].params["split_plan"] == {"b": [0]}  # -0.3 per FLOP beats a[1]'s -0.5 / 10
+    assert children[1].params["split_plan"] == {"a": [1]}  # by index alone
+    assert "cost" not in children[0].params
+    from nni_splitting.tuner import SplittingClassArgsValidator
+    check = SplittingClassArgsValidator().validate_class_args
+    with pytest.raises(ValueError, match=r"lineage_settings\[0\].cost"):
+        check(beam=1, lineage_settings=[{"cost": "joules"}])
+    with pytest.raises(ValueError, match="ranks by index only"):
+        check(beam=1, lineage_settings=[{"cost": "flops", "selection": "lowest_fraction"}])
+    with pytest.raises(ValueError, match="ranks by index only"):
+        check(beam=1, selection="lowest_fraction", lineage_settings=[{"cost": "flops"}])
