@@ -2,23 +2,29 @@
 
 For each round's network (the trained checkpoints of a protocol run, ``--checkpoints``, or the
 protocol's widths grown uniformly from the 12 x 14 seed, freshly initialised and trained one epoch),
-one run measures side by side, in this process (one thread):
+or the widths of a protocol lineage (``--widths-csv``: the ``splitting`` rows of one seed of a results
+CSV, each round freshly initialised and trained one epoch), one run measures side by side, in this
+process (one thread):
 
 * ``epoch_s``: one real training epoch of the 9,000-image CIFAR-10 subset (``fit``: batch 128,
   crop + flip, SGD), and
-* ``phase_s``: one splitting phase (``compute_splitting``) with S averaged over ``N`` training
-  images, for each ``--samples`` and ``--methods``,
+* ``phase_s``: one splitting phase (``compute_splitting``) with S averaged over ``N`` images of the
+  10,000-image subset (the 9,000 training images, then the 1,000 validation ones), for each
+  ``--samples`` and ``--methods``,
 
 for each ``--positions`` (``position_samples``: 0 = every position), and writes ``ratio = phase_s /
-epoch_s`` (the target: <= 1 with N = 10,000 at every round) and ``lambda_corr``, the correlation of
-the indexes with the first setting's.
+epoch_s`` (the target: <= 1 with N = 10,000 at every round), ``lambda_corr`` (Pearson) and
+``rank_corr`` (Spearman), the correlation of the indexes with the first setting's, and ``top_overlap``,
+the share of the protocol's selection (the lowest 45 % of all neurons) that the setting selects too.
 
-    python benchmarks/phase_cost.py --data-dir data/cifar10 --csv benchmarks/phase_cost_cpu.csv
+    python benchmarks/phase_cost.py --data-dir data/cifar10 --widths-csv results/cifar_protocol_cpu/seed0/results.csv \
+        --csv benchmarks/phase_cost_cpu.csv
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import glob
 import sys
 import time
@@ -38,6 +44,13 @@ from nni_splitting.training import Recipe, fit  # noqa: E402
 
 def networks(args):
     """``(label, model)`` per round."""
+    if args.widths_csv:
+        with open(args.widths_csv, newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if r["arm"] == "splitting" and int(r["seed"]) == args.widths_seed]
+        for row in sorted(rows, key=lambda r: int(r["step"])):
+            torch.manual_seed(int(row["step"]))
+            yield f"round{row['step']}", build_model("mobilenet_v1", widths=[int(w) for w in row["widths"].split(",")])
+        return
     if args.checkpoints:
         for path in sorted(glob.glob(args.checkpoints)):
             yield Path(path).parent.name, load_checkpoint(path)[0]
@@ -56,16 +69,19 @@ def main(argv=None) -> int:
     p.add_argument("--seed-width", type=int, default=12)
     p.add_argument("--growth", type=float, default=0.45)
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--samples", default="4096,10000")
-    p.add_argument("--methods", default="auto,fast")
-    p.add_argument("--positions", default="0,64", help="position_samples values (0: every position)")
-    p.add_argument("--split-batch-size", type=int, default=500)
+    p.add_argument("--widths-csv", default=None, help="results.csv whose splitting rows give each round's widths")
+    p.add_argument("--widths-seed", type=int, default=0)
+    p.add_argument("--select-fraction", type=float, default=0.45, help="the selection whose overlap is reported")
+    p.add_argument("--samples", default="10000")
+    p.add_argument("--methods", default="auto")
+    p.add_argument("--positions", default="0,16", help="position_samples values (0: every position)")
+    p.add_argument("--split-batch-size", type=int, default=128)
     p.add_argument("--csv", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     data = load_dataset("cifar10", args.data_dir, val_fraction=0.02, per_class=900)
     train, _, _ = make_loaders(data, batch_size=128)
-    x, y = data.train.tensors
+    x, y = (torch.cat(pair) for pair in zip(data.train.tensors, data.val.tensors))  # the 10,000-image subset
     rows = []
     for label, model in networks(args):
         model.eval()
@@ -84,18 +100,28 @@ def main(argv=None) -> int:
                     phase_s = time.perf_counter() - start
                     values = torch.cat([s.eigenvalues for s in splits.values()])
                     reference = values if reference is None else reference
+                    chosen = math.ceil(args.select_fraction * len(values))
+                    overlap = len(set(values.argsort()[:chosen].tolist()) & set(reference.argsort()[:chosen].tolist()))
+                    ranks = torch.stack([values.argsort().argsort(), reference.argsort().argsort()]).double()
                     row = {"network": label, "params": params, "samples": len(torch.cat([b[1] for b in batches])),
                            "method": method, "position_samples": positions or "all", "epoch_s": round(epoch_s, 2),
                            "phase_s": round(phase_s, 2), "ratio": round(phase_s / epoch_s, 2),
-                           "lambda_corr": round(float(torch.corrcoef(torch.stack([values, reference]))[0, 1]), 4)}
+                           "lambda_corr": round(float(torch.corrcoef(torch.stack([values, reference]))[0, 1]), 4),
+                           "rank_corr": round(float(torch.corrcoef(ranks)[0, 1]), 4),
+                           "top_overlap": round(overlap / chosen, 3),
+                           "fast_layers": sum(s.method == "fast" for s in splits.values())}
                     rows.append(row)
                     print(row, flush=True)
-    if args.csv:
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+                    if args.csv:  # rewritten after every row: a stopped run keeps what it measured
+                        write_csv(args.csv, rows)
     return 0
+
+
+def write_csv(path: str, rows) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 if __name__ == "__main__":

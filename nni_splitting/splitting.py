@@ -419,6 +419,8 @@ def _add_splitting_matrices(sums: torch.Tensor, alpha: float, group: NeuronGroup
         # S_j += E[ sum_q dL/db_{j,q} * sigma_2''(u'_{j,q}) * c'_j^2 * J_{j,q} J_{j,q}^T ]
         grid = tuple(preactivation.shape[2:])
         index2, factor2 = _sample_positions(u2[0, 0].numel(), position_samples, generator, preactivation.device)
+        if index2 is None and position_samples is not None:  # a small grid: gathered at every position (no conv per neuron)
+            index2 = torch.arange(u2[0, 0].numel(), device=preactivation.device)
         if index2 is None:
             weights2 = neuron_weights(g2, u2, spec2.second, scale2).reshape(n, channels, -1)[:, chunk]
             slopes = neuron_slopes(preactivation, spec.first, scale)  # c_j sigma'(u_j), inside J_{j,q}
