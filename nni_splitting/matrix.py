@@ -22,6 +22,7 @@ The splitting index is ``lambda_min(S_j)`` and the splitting gradient its unit e
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Callable, Optional, Tuple
 
@@ -42,6 +43,7 @@ __all__ = [
     "depthwise_jacobian_from_taps",
     "depthwise_taps",
     "neuron_inputs_at",
+    "values_at",
     "min_eigenpairs",
     "max_eigenpairs",
     "extreme_eigenpairs",
@@ -104,6 +106,14 @@ def neuron_inputs(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     if handler is None:
         raise ValueError(f"{type(layer).__name__} has no layer handler: register one with register_layer_handler")
     return handler.neuron_inputs(layer, x)
+
+
+def values_at(tensor: torch.Tensor, positions: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+    """``tensor[:, channels]`` (``[N, C, *grid]``) at the flat grid positions ``positions`` (any shape ``S``):
+    ``[N, c, *S]``, by ``index_select`` on a 2-D view (several times faster than advanced indexing on the CPU)."""
+    part = tensor.reshape(tensor.shape[0], tensor.shape[1], -1)[:, channels]
+    rows = part.reshape(-1, part.shape[2]).index_select(1, positions.reshape(-1))
+    return rows.reshape(part.shape[0], part.shape[1], *positions.shape)
 
 
 def neuron_inputs_at(x: torch.Tensor, layer: nn.Module, positions: torch.Tensor) -> torch.Tensor:
@@ -204,15 +214,23 @@ def depthwise_taps(depthwise: nn.Conv2d, input_size: Tuple[int, int], positions:
     """The depthwise conv's input positions read by its outputs ``positions`` (flat indices into its
     output grid): ``(taps, inside)``, both ``[Q, K]``; ``taps[q, k]`` is the flat index of ``q + k`` in
     the ``input_size`` grid (clamped), ``inside[q, k]`` is false where it falls in the zero padding."""
-    h, w = input_size
-    (kh, kw), (sh, sw), (dh, dw) = depthwise.kernel_size, depthwise.stride, depthwise.dilation
-    ph, pw = depthwise.padding
+    taps, inside = _grid_taps(tuple(input_size), tuple(depthwise.kernel_size), tuple(depthwise.stride),
+                              tuple(depthwise.padding), tuple(depthwise.dilation), str(positions.device))
+    return taps[positions], inside[positions]
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_taps(input_size, kernel_size, stride, padding, dilation, device: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`depthwise_taps` of every output position of one geometry (computed once, then indexed)."""
+    (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = input_size, kernel_size, stride, padding, dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    rows = (positions // wo * sh - ph)[:, None, None] + (torch.arange(kh, device=positions.device) * dh)[None, :, None]
-    cols = (positions % wo * sw - pw)[:, None, None] + (torch.arange(kw, device=positions.device) * dw)[None, None, :]
+    positions = torch.arange(ho * wo, device=device)
+    rows = (positions // wo * sh - ph)[:, None, None] + (torch.arange(kh, device=device) * dh)[None, :, None]
+    cols = (positions % wo * sw - pw)[:, None, None] + (torch.arange(kw, device=device) * dw)[None, None, :]
     inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
     taps = rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)
-    return taps.reshape(len(positions), kh * kw), inside.reshape(len(positions), kh * kw)
+    return taps.reshape(ho * wo, kh * kw), inside.reshape(ho * wo, kh * kw)
 
 
 def depthwise_jacobian_from_taps(inputs: torch.Tensor, slopes: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -232,7 +250,7 @@ def depthwise_jacobian_at(patches: torch.Tensor, slopes: torch.Tensor, depthwise
     taps, inside = depthwise_taps(depthwise, input_size, positions)
     part = slopes[:, neurons].reshape(slopes.shape[0], -1, input_size[0] * input_size[1])
     kernel = depthwise.weight[neurons].detach().reshape(part.shape[1], -1)
-    return depthwise_jacobian_from_taps(patches[:, :, taps], part[:, :, taps] * inside.to(part.dtype), kernel)
+    return depthwise_jacobian_from_taps(values_at(patches, taps), values_at(part, taps) * inside.to(part.dtype), kernel)
 
 
 def extreme_eigenpairs(matrices: torch.Tensor, chunk: int = 256

@@ -28,7 +28,7 @@ from .graph import NeuronGroup, activation_of_node, find_neuron_groups, handler_
 from .layer_data import FastLayerData
 from .matrix import (DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, depthwise_jacobian_from_taps,
                      depthwise_taps, extreme_eigenpairs, neuron_inputs, neuron_inputs_at, neuron_slopes, neuron_weights,
-                     weighted_gram)
+                     values_at, weighted_gram)
 from .memory import LayerCost, choose_methods, format_bytes, plan_passes
 
 __all__ = ["LayerSplitting", "compute_splitting", "save_splits", "load_splits", "METHODS"]
@@ -407,8 +407,7 @@ def _add_splitting_matrices(sums: torch.Tensor, alpha: float, group: NeuronGroup
         weights = neuron_weights(gradient, preactivation, spec.second, scale).reshape(n, channels, -1)
         weighted_gram(patches, weights[:, chunk], chunk_elements, out=sums, alpha=alpha)
     else:  # x~ and the weights only at the drawn positions (gathered, not unfolded)
-        flat = (gradient.reshape(n, channels, -1)[:, chunk][:, :, index],
-                preactivation.reshape(n, channels, -1)[:, chunk][:, :, index])
+        flat = (values_at(gradient, index, chunk), values_at(preactivation, index, chunk))
         weights = neuron_weights(*flat, spec.second, scale[chunk]) * factor
         weighted_gram(neuron_inputs_at(inputs, layer, index), weights, chunk_elements, out=sums, alpha=alpha)
     if group.depthwise_activation_node and gradients.get(group.depthwise_activation_node) is not None:
@@ -427,10 +426,9 @@ def _add_splitting_matrices(sums: torch.Tensor, alpha: float, group: NeuronGroup
             patches = neuron_inputs(inputs, layer) if patches is None else patches
         else:  # J only at the drawn positions q, from x~ and the slopes gathered at their taps q + k
             taps, inside = depthwise_taps(depthwise, grid, index2)  # [Q, K]
-            weights2 = neuron_weights(g2.reshape(n, channels, -1)[:, chunk][:, :, index2],
-                                      u2.reshape(n, channels, -1)[:, chunk][:, :, index2], spec2.second,
+            weights2 = neuron_weights(values_at(g2, index2, chunk), values_at(u2, index2, chunk), spec2.second,
                                       scale2[chunk]) * factor2
-            slopes = neuron_slopes(preactivation.reshape(n, channels, -1)[:, chunk][:, :, taps], spec.first,
+            slopes = neuron_slopes(values_at(preactivation, taps, chunk), spec.first,
                                    scale[chunk]) * inside.to(preactivation.dtype)  # [N, c, Q, K], zero in the padding
             tap_inputs = neuron_inputs_at(inputs, layer, taps)  # [N, d, Q, K]
         d = (patches if index2 is None else tap_inputs).shape[1]

@@ -307,14 +307,15 @@ class Conv2dHandler(_RowNeuronsHandler):
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (module.kernel_size, module.stride, module.padding, module.dilation)
         flat = positions.reshape(-1)
         if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):  # a pointwise conv: x~_p is the input at p
-            patches = x.reshape(n, channels, height * width)[:, :, flat]
+            patches = x.reshape(n * channels, height * width).index_select(1, flat).reshape(n, channels, -1)
         else:
             out_width = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
             rows = (flat // out_width * sh - ph)[:, None, None] + (torch.arange(kh, device=x.device) * dh)[None, :, None]
             cols = (flat % out_width * sw - pw)[:, None, None] + (torch.arange(kw, device=x.device) * dw)[None, None, :]
             inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)  # [Q, kh, kw]
             pixels = (rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)).reshape(-1)
-            gathered = x.reshape(n, channels, height * width)[:, :, pixels].reshape(n, channels, flat.numel(), kh * kw)
+            gathered = x.reshape(n * channels, height * width).index_select(1, pixels)  # faster than x[..., pixels]
+            gathered = gathered.reshape(n, channels, flat.numel(), kh * kw)
             if not bool(inside.all()):
                 gathered = gathered * inside.reshape(1, 1, flat.numel(), kh * kw).to(x.dtype)
             patches = gathered.permute(0, 1, 3, 2).reshape(n, channels * kh * kw, flat.numel())  # unfold's row order
