@@ -376,10 +376,19 @@ def _layer_size(layer: nn.Module) -> Tuple[int, int]:
 
 def _sample_positions(count: int, wanted: Optional[int], generator: Optional[torch.Generator], device
                       ) -> Tuple[Optional[torch.Tensor], float]:
-    """``(indices, count / len(indices))`` of a uniform draw without replacement, or ``(None, 1)`` for all."""
+    """``(indices, count / len(indices))`` of a stratified draw, or ``(None, 1)`` for all.
+
+    When ``wanted`` divides ``count``, the flat positions are cut into ``wanted`` equal consecutive
+    strata (bands of rows) and one position is drawn uniformly in each; otherwise the draw is uniform
+    without replacement. Both are unbiased with every drawn position weighted ``count / wanted``;
+    strata spread the draw over the image, so correlated neighbouring positions are rarely drawn together."""
     if wanted is None or wanted >= count:
         return None, 1.0
-    return torch.randperm(count, generator=generator)[:wanted].to(device), count / wanted
+    if count % wanted:
+        return torch.randperm(count, generator=generator)[:wanted].to(device), count / wanted
+    stride = count // wanted
+    offsets = torch.randint(stride, (wanted,), generator=generator)
+    return (torch.arange(wanted) * stride + offsets).to(device), count / wanted
 
 
 def _add_splitting_matrices(sums: torch.Tensor, alpha: float, group: NeuronGroup, modules: Dict[str, nn.Module],
