@@ -188,11 +188,12 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
         ``exact_max_d`` for ``"auto"`` and ``largest`` (also ``lambda_max`` / ``v_max`` by a second
         LOBPCG, default ``True``); see :func:`nni_splitting.fast.check_fast_options`.
     position_samples : int, optional
-        Exact layers only: average each sample's sum over positions ``p`` (and ``q`` of a depthwise
-        term) over this many positions drawn at random per batch, scaled by ``P / position_samples``:
-        an unbiased estimate of ``S_j`` at a fraction of the cost (positions of one image are strongly
-        correlated; more images with fewer positions each is the cheaper way to a good estimate).
-        Default: every position.
+        Exact layers only: estimate each sample's sum over positions ``p`` (and ``q`` of a depthwise
+        term) from this many positions per batch, one drawn in each equal band of rows (uniformly when
+        the count does not divide the grid), scaled by ``P / position_samples``: an unbiased estimate
+        of ``S_j``; ``x~`` is gathered only there (positions of one image are strongly correlated; more
+        images with fewer positions each is the cheaper way to a good estimate). 16 cuts the phase of
+        the CIFAR protocol's MobileNets 5-9x (docs/benchmarks.md). Default: every position.
     seed : int
         Seed of the position draws.
 
