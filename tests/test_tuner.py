@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import nni
 import pytest
@@ -597,3 +598,14 @@ def test_lineage_helpers():
     ranked = lin.rank_plan({"a": [0, 2], "b": [1]}, {"a": [-1.0, 0, -3.0], "b": [0, -2.0]})
     assert ranked == [("a", 2), ("b", 1), ("a", 0)]
     assert lin.halve_plan(ranked) == {"a": [2]}
+
+
+@pytest.mark.parametrize("name", ["cifar.yml", "cifar_protocol_ablations.yml", "cifar_protocol_ablations2.yml",
+                                  "cifar_protocol_strategies.yml", "cifar_protocol_strategies_seeds.yml"])
+def test_growth_configs_pass_the_tuners_validator(name):
+    """The shipped SplittingTuner configs are accepted by the validator nnictl runs before the tuner starts."""
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / name).read_text())
+    assert config["tuner"]["className"].endswith("SplittingTuner")
+    SplittingClassArgsValidator().validate_class_args(**config["tuner"]["classArgs"])
