@@ -601,7 +601,8 @@ def test_lineage_helpers():
 
 
 @pytest.mark.parametrize("name", ["cifar.yml", "cifar_protocol_ablations.yml", "cifar_protocol_ablations2.yml",
-                                  "cifar_protocol_strategies.yml", "cifar_protocol_strategies_seeds.yml"])
+                                  "cifar_protocol_strategies.yml", "cifar_protocol_strategies_seeds.yml",
+                                  "cifar_protocol_s3d_seeds.yml"])
 def test_growth_configs_pass_the_tuners_validator(name):
     """The shipped SplittingTuner configs are accepted by the validator nnictl runs before the tuner starts."""
     import yaml
