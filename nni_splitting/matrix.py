@@ -22,7 +22,6 @@ The splitting index is ``lambda_min(S_j)`` and the splitting gradient its unit e
 """
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Callable, Optional, Tuple
 
@@ -30,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .graph.handlers import handler_for
+from .graph.handlers import conv_taps, handler_for
 
 __all__ = [
     "batchnorm_scale",
@@ -214,23 +213,9 @@ def depthwise_taps(depthwise: nn.Conv2d, input_size: Tuple[int, int], positions:
     """The depthwise conv's input positions read by its outputs ``positions`` (flat indices into its
     output grid): ``(taps, inside)``, both ``[Q, K]``; ``taps[q, k]`` is the flat index of ``q + k`` in
     the ``input_size`` grid (clamped), ``inside[q, k]`` is false where it falls in the zero padding."""
-    taps, inside = _grid_taps(tuple(input_size), tuple(depthwise.kernel_size), tuple(depthwise.stride),
-                              tuple(depthwise.padding), tuple(depthwise.dilation), str(positions.device))
+    taps, inside = conv_taps(tuple(input_size), tuple(depthwise.kernel_size), tuple(depthwise.stride),
+                             tuple(depthwise.padding), tuple(depthwise.dilation), str(positions.device))
     return taps[positions], inside[positions]
-
-
-@functools.lru_cache(maxsize=64)
-def _grid_taps(input_size, kernel_size, stride, padding, dilation, device: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """:func:`depthwise_taps` of every output position of one geometry (computed once, then indexed)."""
-    (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = input_size, kernel_size, stride, padding, dilation
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    positions = torch.arange(ho * wo, device=device)
-    rows = (positions // wo * sh - ph)[:, None, None] + (torch.arange(kh, device=device) * dh)[None, :, None]
-    cols = (positions % wo * sw - pw)[:, None, None] + (torch.arange(kw, device=device) * dw)[None, None, :]
-    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-    taps = rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)
-    return taps.reshape(ho * wo, kh * kw), inside.reshape(ho * wo, kh * kw)
 
 
 def depthwise_jacobian_from_taps(inputs: torch.Tensor, slopes: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:

@@ -408,7 +408,7 @@ def _add_splitting_matrices(sums: torch.Tensor, alpha: float, group: NeuronGroup
         return
     patches = None  # every position's x~ [N, d, P]: unfolded only when some sum runs over every position
     # S_j = E[ sum_p dL/da_{j,p} * sigma''(u_{j,p}) * c_j^2 * x~_p x~_p^T ]           (eq. 3)
-    # sum_p ~ (P / |p'|) sum_{p in p'} over a uniform draw p' of positions (unbiased)
+    # sum_p ~ (P / |p'|) sum_{p in p'} over a stratified draw p' of positions (unbiased)
     index, factor = _sample_positions(preactivation[0, 0].numel(), position_samples, generator, preactivation.device)
     if index is None:
         patches = neuron_inputs(inputs, layer)

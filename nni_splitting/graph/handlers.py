@@ -47,6 +47,7 @@ For example, a unit ``u = g * (W x + b)`` with a fixed gain ``g`` (``tests/test_
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Dict, List, Optional, Sequence
@@ -58,7 +59,7 @@ import torch.nn.functional as F
 __all__ = [
     "NEURONS", "CHANNELWISE", "DEPTHWISE", "PASS", "POOL",
     "LayerHandler", "LinearHandler", "Conv2dHandler", "BatchNormHandler", "ParameterFreeHandler",
-    "register_layer_handler", "handler_for", "replace_tensor",
+    "register_layer_handler", "handler_for", "replace_tensor", "conv_taps",
 ]
 
 logger = logging.getLogger(__name__)
@@ -304,17 +305,15 @@ class Conv2dHandler(_RowNeuronsHandler):
         ``k``, zero where that falls in the padding."""
         self.check(module)
         n, channels, height, width = x.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (module.kernel_size, module.stride, module.padding, module.dilation)
+        (kh, kw), (sh, sw), (ph, pw) = module.kernel_size, module.stride, module.padding
         flat = positions.reshape(-1)
         if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):  # a pointwise conv: x~_p is the input at p
             patches = x.reshape(n * channels, height * width).index_select(1, flat).reshape(n, channels, -1)
         else:
-            out_width = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-            rows = (flat // out_width * sh - ph)[:, None, None] + (torch.arange(kh, device=x.device) * dh)[None, :, None]
-            cols = (flat % out_width * sw - pw)[:, None, None] + (torch.arange(kw, device=x.device) * dw)[None, None, :]
-            inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)  # [Q, kh, kw]
-            pixels = (rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)).reshape(-1)
-            gathered = x.reshape(n * channels, height * width).index_select(1, pixels)  # faster than x[..., pixels]
+            taps, inside = conv_taps((height, width), module.kernel_size, module.stride, module.padding,
+                                     module.dilation, str(x.device))
+            taps, inside = taps[flat], inside[flat]  # [Q, kh kw]
+            gathered = x.reshape(n * channels, height * width).index_select(1, taps.reshape(-1))  # faster than x[..., taps]
             gathered = gathered.reshape(n, channels, flat.numel(), kh * kw)
             if not bool(inside.all()):
                 gathered = gathered * inside.reshape(1, 1, flat.numel(), kh * kw).to(x.dtype)
@@ -344,6 +343,23 @@ class Conv2dHandler(_RowNeuronsHandler):
             raise ValueError(f"cannot duplicate channels of {module}: only a depthwise conv follows its channels")
         _duplicate(module, indices, ["weight", "bias"])
         module.in_channels = module.out_channels = module.groups = module.weight.shape[0]
+
+
+@functools.lru_cache(maxsize=64)
+def conv_taps(input_size, kernel_size, stride, padding, dilation, device: str = "cpu"):
+    """For every output position ``q`` of a conv with this geometry on an ``input_size`` grid, the flat
+    input position read by each tap ``k``: ``(taps, inside)``, both ``[Q, kh kw]`` (taps in ``weight``'s
+    order); ``taps`` are clamped into the grid, ``inside`` is false where the tap falls in the zero
+    padding. Computed once per geometry (cached), then indexed by the positions wanted."""
+    (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = input_size, kernel_size, stride, padding, dilation
+    out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    positions = torch.arange(out_h * out_w, device=device)
+    rows = (positions // out_w * sh - ph)[:, None, None] + (torch.arange(kh, device=device) * dh)[None, :, None]
+    cols = (positions % out_w * sw - pw)[:, None, None] + (torch.arange(kw, device=device) * dw)[None, None, :]
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    taps = rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)
+    return taps.reshape(out_h * out_w, kh * kw), inside.reshape(out_h * out_w, kh * kw)
 
 
 def _duplicate(module: nn.Module, indices: List[int], names: Sequence[str]) -> None:
