@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .arms import GROWTH_ARMS, PRUNING_ARMS
 from .lineage import Node, NodeKind, NodeStatus
-from .scheduler import Policy, Scheduler
+from .scheduler import Policy, Scheduler, lineage_entry
 
 __all__ = ["ComparisonPolicy", "DEFAULT_ARMS"]
 
@@ -62,6 +62,8 @@ class ComparisonPolicy(Policy):
     # ------------------------------------------------------------------ Policy hooks
 
     def start(self, scheduler: Scheduler) -> None:
+        if "pruning" not in self.arms:
+            return  # the converged full model is the pruners' start, nothing else needs it
         for lineage in range(self.args.beam):
             self._add(scheduler, lineage, "full", 0, {"widths": None, "width_multiplier": 1.0})
 
@@ -87,9 +89,14 @@ class ComparisonPolicy(Policy):
 
     def _add(self, scheduler: Scheduler, lineage: int, arm: str, step: int, extra: dict) -> None:
         settings = dict(self.args.trial)
-        settings["seed"] = int(settings.get("seed", 0)) + lineage
+        own = lineage_entry(self.args, lineage)
+        # a lineage's own seed (lineage_settings) seeds its baselines too; else trial.seed + lineage
+        settings["seed"] = int(own["seed"]) if "seed" in own else int(settings.get("seed", 0)) + lineage
         settings.update(model=self.args.model, arm=arm, lineage=lineage, step=step, epsilon=self.args.epsilon,
                         **self.extra)
+        if arm == "scratch" and own.get("arm_label"):
+            # a labelled lineage's architecture from scratch is reported beside it, e.g. firefly_scratch
+            settings["arm_label"] = f"{own['arm_label']}_scratch"
         settings.update(extra)
         scheduler.add_arm(lineage, f"{arm}-l{lineage}s{step}-{secrets.token_hex(3)}", step, settings)
 

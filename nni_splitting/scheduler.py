@@ -33,7 +33,7 @@ from . import lineage as lin
 from .lineage import Node, NodeKind, NodeStatus
 from .selection import select_lowest_fraction, select_neurons
 
-__all__ = ["Scheduler", "Policy", "RESULT_GRACE_S", "RESUME_TIMEOUT_S", "ENDED_STATES", "RERUN_STATES"]
+__all__ = ["Scheduler", "Policy", "lineage_entry", "RESULT_GRACE_S", "RESUME_TIMEOUT_S", "ENDED_STATES", "RERUN_STATES"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,12 @@ RERUN_STATES = ("WAITING", "RUNNING", "ADD_RESUMED")
 
 Reader = Callable[[str], dict]
 Verifier = Callable[[Node, Optional[str]], Optional[dict]]
+
+
+def lineage_entry(args, lineage: int) -> dict:
+    """The ``lineage_settings`` entry of ``lineage`` (a copy; {} when none)."""
+    entries = getattr(args, "lineage_settings", None) or []
+    return dict(entries[lineage]) if lineage < len(entries) else {}
 
 
 class Policy:
@@ -352,8 +358,7 @@ class Scheduler:
         self.add(self._child(parent, plan))
 
     def _lineage_settings(self, lineage: int) -> dict:
-        entries = getattr(self.args, "lineage_settings", None) or []
-        return dict(entries[lineage]) if lineage < len(entries) else {}
+        return lineage_entry(self.args, lineage)
 
     def _select(self, info: dict, lineage: int = 0) -> dict:
         # m* of Algorithm 1: split the m most negative lambda_min below lambda* (threshold)

@@ -248,3 +248,31 @@ def test_compare_class_args_validator_is_public_and_cheap():
                        ({"max_step": 3}, "unknown classArgs")):
         with pytest.raises(ValueError, match=match):
             check(**bad)
+
+
+def test_labelled_lineage_baselines_follow_its_seed_and_label(tmp_path):
+    """A Firefly lineage of a CompareTuner gets its found architecture from scratch as ``firefly_scratch``,
+    seeded like the lineage (its lineage_settings seed), not as the S2D ``scratch`` of trial.seed + lineage."""
+    import json
+    tuner = CompareTuner(max_steps=1, beam=1, arms=["scratch", "uniform"], seed_widths=[2, 4, 8],
+                         trial={"epochs": 1, "seed": 0},
+                         lineage_settings=[{"arm_label": "firefly", "seed": 7, "growth_strategy": "firefly"}])
+    tuner.end_hook = None
+    seed = tuner.generate_multiple_parameters([0])[0]
+    assert seed["arm_label"] == "firefly" and seed["seed"] == 7 and seed["growth_strategy"] == "firefly"
+    info = {"widths": [2, 4, 8], "width_layers": ["a", "b", "c"], "eigenvalues": {"a": [-1, 0.1], "b": [0.1] * 4,
+                                                                                    "c": [0.2] * 8}}
+    (tmp_path / "s.json").write_text(json.dumps(info))
+    tuner.receive_trial_result(0, seed, {"default": 0.5, "node": seed["node_id"], "params": 10, "epochs": 1,
+                                         "wall_time": 1.0, "widths": "2,4,8", "indexes": str(tmp_path / "s.json")})
+    sent = tuner.generate_multiple_parameters(list(range(1, 6)))
+    assert sorted(p["arm"] for p in sent) == ["splitting", "uniform"]  # no pruner: no full model to train
+    child = next(p for p in sent if p["arm"] == "splitting")
+    (tmp_path / "c.json").write_text(json.dumps(dict(info, widths=[3, 4, 8])))
+    tuner.receive_trial_result(1, child, {"default": 0.6, "node": child["node_id"], "params": 20, "epochs": 2,
+                                          "wall_time": 2.0, "widths": "3,4,8", "indexes": str(tmp_path / "c.json")})
+    sent += tuner.generate_multiple_parameters(list(range(6, 12)))
+    scratch = [p for p in sent if p["arm"] == "scratch"]
+    uniform = [p for p in sent if p["arm"] == "uniform"]
+    assert scratch and all(p["arm_label"] == "firefly_scratch" and p["seed"] == 7 for p in scratch)
+    assert uniform and all(p["seed"] == 7 and not p.get("arm_label") for p in uniform)
