@@ -76,6 +76,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default="auto")
     p.add_argument("--positions", default="0,16", help="position_samples values (0: every position)")
     p.add_argument("--split-batch-size", type=int, default=128)
+    p.add_argument("--product-dtypes", default="float32",
+                   help="product_dtype values of the exact sums (e.g. float32,bfloat16); the first is the reference")
     p.add_argument("--csv", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -93,10 +95,12 @@ def main(argv=None) -> int:
             batches = [(x[i:i + size], y[i:i + size]) for i in range(0, min(samples, len(y)), size)]
             reference = None
             for method in args.methods.split(","):
-                for positions in (int(k) for k in args.positions.split(",")):
+                for positions, product in ((int(k), dt) for k in args.positions.split(",")
+                                           for dt in args.product_dtypes.split(",")):
                     start = time.perf_counter()
                     splits = compute_splitting(model, nn.CrossEntropyLoss(), batches, method=method,
-                                               position_samples=positions or None, fast_options={"largest": False})
+                                               position_samples=positions or None, fast_options={"largest": False},
+                                               product_dtype=product)
                     phase_s = time.perf_counter() - start
                     values = torch.cat([s.eigenvalues for s in splits.values()])
                     reference = values if reference is None else reference
@@ -104,7 +108,8 @@ def main(argv=None) -> int:
                     overlap = len(set(values.argsort()[:chosen].tolist()) & set(reference.argsort()[:chosen].tolist()))
                     ranks = torch.stack([values.argsort().argsort(), reference.argsort().argsort()]).double()
                     row = {"network": label, "params": params, "samples": len(torch.cat([b[1] for b in batches])),
-                           "method": method, "position_samples": positions or "all", "epoch_s": round(epoch_s, 2),
+                           "method": method, "position_samples": positions or "all", "product_dtype": product,
+                           "epoch_s": round(epoch_s, 2),
                            "phase_s": round(phase_s, 2), "ratio": round(phase_s / epoch_s, 2),
                            "lambda_corr": round(float(torch.corrcoef(torch.stack([values, reference]))[0, 1]), 4),
                            "rank_corr": round(float(torch.corrcoef(ranks)[0, 1]), 4),

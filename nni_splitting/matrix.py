@@ -126,7 +126,7 @@ def neuron_inputs_at(x: torch.Tensor, layer: nn.Module, positions: torch.Tensor)
 
 def weighted_gram(features: torch.Tensor, weights: torch.Tensor,
                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, out: Optional[torch.Tensor] = None,
-                  alpha: float = 1.0) -> torch.Tensor:
+                  alpha: float = 1.0, product_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``G_j = sum_{n,p} w_{n,j,p} f_{n,:,p} f_{n,:,p}^T`` for every neuron ``j``: ``[O, d, d]``.
 
     Parameters
@@ -140,26 +140,35 @@ def weighted_gram(features: torch.Tensor, weights: torch.Tensor,
     out : Tensor ``[O, d, d]``, optional
         Accumulate ``alpha * G`` into it in place (no ``[O, d, d]`` temporary) and return it; by default
         a new zero tensor (so the result is ``alpha * G``).
+    product_dtype : torch.dtype, optional
+        Form the products of each chunk in this dtype (``torch.bfloat16``: AMX / AVX512-BF16 on the
+        CPU, tensor cores on a GPU; 3-6x faster on the CPU) and add each chunk's result to ``out`` in
+        ``out``'s dtype. Default: ``out``'s dtype (exact up to float rounding).
     """
     n, o, p = weights.shape
     shared = features.dim() == 3
     d = features.shape[-2]
     if out is None:
         out = torch.zeros(o, d, d, dtype=weights.dtype, device=weights.device)
+    low = product_dtype is not None and product_dtype != out.dtype
     if shared:
-        return _shared_weighted_gram(features, weights, chunk_elements, out, alpha)
+        return _shared_weighted_gram(features, weights, chunk_elements, out, alpha, product_dtype if low else None)
     rows_per_neuron = max(1, n * p * d)
     step = max(1, chunk_elements // rows_per_neuron)
     for start in range(0, o, step):
         stop = min(o, start + step)
         w = weights[:, start:stop].permute(1, 0, 2).reshape(stop - start, n * p, 1)  # [c, NP, 1]
         f = features[:, start:stop].permute(1, 0, 3, 2).reshape(stop - start, n * p, d)  # [c, NP, d]
-        out[start:stop].baddbmm_((w * f).transpose(1, 2), f, alpha=alpha)  # += alpha (w f)^T f, in place
+        if low:  # the chunk's products in product_dtype, added in out's dtype
+            f = f.to(product_dtype)
+            out[start:stop].add_(torch.bmm((w.to(product_dtype) * f).transpose(1, 2), f), alpha=alpha)
+        else:
+            out[start:stop].baddbmm_((w * f).transpose(1, 2), f, alpha=alpha)  # += alpha (w f)^T f, in place
     return out
 
 
 def _shared_weighted_gram(features: torch.Tensor, weights: torch.Tensor, chunk_elements: int, out: torch.Tensor,
-                          alpha: float) -> torch.Tensor:
+                          alpha: float, product_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """:func:`weighted_gram` with one set of features for all neurons, as one matrix product over the
     rows ``r = (n, p)``: ``G[j, (a, b)] += sum_r w_{r,j} (f_r f_r^T)[a, b]``, ``[O, R] @ [R, d^2]`` (about twice
     as fast as one ``[d, R] @ [R, d]`` product per neuron on the CPU), the outer products in row chunks."""
@@ -167,11 +176,17 @@ def _shared_weighted_gram(features: torch.Tensor, weights: torch.Tensor, chunk_e
     d = features.shape[1]
     flat = features.permute(0, 2, 1).reshape(n * p, d)  # [R, d]
     w = weights.permute(0, 2, 1).reshape(n * p, o)  # [R, O]
+    if product_dtype is not None:  # the outer products (the memory-bound half) and the product in product_dtype
+        flat, w = flat.to(product_dtype), w.to(product_dtype)
     target = out.view(o, d * d)  # out is accumulated in place (a view: it must be contiguous)
     step = max(1, chunk_elements // (d * d))
     for start in range(0, n * p, step):
         f = flat[start:start + step]
-        target.addmm_(w[start:start + step].t(), (f[:, :, None] * f[:, None, :]).reshape(-1, d * d), alpha=alpha)
+        outer = (f[:, :, None] * f[:, None, :]).reshape(-1, d * d)
+        if product_dtype is None:
+            target.addmm_(w[start:start + step].t(), outer, alpha=alpha)
+        else:
+            target.add_(torch.mm(w[start:start + step].t(), outer), alpha=alpha)
     return out
 
 

@@ -78,6 +78,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "split_samples": None,     # ... or, when set, this many training images (split_batches is then ignored)
     "split_batch_size": None,  # default: batch_size
     "split_positions": None,   # exact layers: estimate each image's sum over positions from this many drawn ones
+    "split_product_dtype": None,  # exact layers: products of the sums in this dtype ("bfloat16"), sums in float32
     "split_data": "train",     # "train" (the loss being descended, as in the paper) or "val"
     "num_threads": None,       # torch.set_num_threads
     "device": "auto",          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
@@ -172,6 +173,9 @@ def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
     scale = merged["symmetry_scale"]
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
         raise ValueError(f"trial.symmetry_scale must be a finite number >= 0, got {scale!r}")
+    if merged["split_product_dtype"] not in (None, "float32", "bfloat16", "float16"):
+        raise ValueError(f"trial.split_product_dtype must be null, 'float32', 'bfloat16' or 'float16', "
+                         f"got {merged['split_product_dtype']!r}")
     if merged["split_data"] not in ("train", "val"):
         raise ValueError(f"trial.split_data must be 'train' or 'val', got {merged['split_data']!r}")
     return merged
@@ -318,7 +322,8 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
             splits = compute_splitting(model, nn.CrossEntropyLoss(), split_loader(params, data),
                                        method=params["split_method"], max_batches=_split_batches(params),
                                        fast_options={"largest": params["growth_strategy"] == "s3d"},
-                                       position_samples=params["split_positions"], seed=int(params["seed"]))
+                                       position_samples=params["split_positions"], seed=int(params["seed"]),
+                                       product_dtype=params["split_product_dtype"])
             save = save_splits
         split_seconds = time.time() - phase_started
         model = model.cpu()  # counting, costs and the checkpoint on the CPU

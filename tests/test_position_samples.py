@@ -94,3 +94,41 @@ def test_sampled_positions_match_the_dense_computation_of_the_same_draw(tiny, mo
     for name in full:
         assert torch.allclose(gathered[name].matrices, unfolded[name].matrices, atol=1e-13), name
     assert any(not torch.allclose(gathered[n].matrices, full[n].matrices) for n in full)  # it did sample
+
+
+def test_bfloat16_products_keep_the_matrices_and_the_ranking():
+    """product_dtype="bfloat16" forms the second-order products in bfloat16 (shared pointwise features and the
+    per-neuron depthwise Jacobians); the sums stay float32 and close to the float32 ones."""
+    torch.manual_seed(1)
+    model = build_model("mobilenet_v1", widths=[6] * 14).eval()
+    batches = [(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))]
+    exact = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="exact", keep_matrices=True,
+                              position_samples=16)
+    low = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="exact", keep_matrices=True,
+                            position_samples=16, product_dtype="bfloat16")
+    for name in exact:
+        assert low[name].matrices.dtype == torch.float32
+        scale = exact[name].matrices.norm()
+        assert (low[name].matrices - exact[name].matrices).norm() <= 2e-2 * scale, name
+    values = torch.cat([s.eigenvalues for s in exact.values()])
+    values_low = torch.cat([s.eigenvalues for s in low.values()])
+    ranks = torch.stack([values.argsort().argsort(), values_low.argsort().argsort()]).double()
+    assert torch.corrcoef(ranks)[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("bad", ["nope", "int32", torch.int64, 3])
+def test_bad_product_dtype_is_refused(tiny, bad):
+    model, batches = tiny
+    with pytest.raises(ValueError, match="product_dtype"):
+        compute_splitting(model, nn.CrossEntropyLoss(), batches, product_dtype=bad)
+
+
+def test_auto_keeps_wider_layers_exact_when_positions_are_sampled():
+    """d = 101: fast under plain "auto" (d > 64), exact with position_samples (d <= 256)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    batches = [(torch.randn(32, 100, dtype=torch.float64), torch.randint(0, 3, (32,)))]
+    plain = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="auto")
+    sampled = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="auto", position_samples=16)
+    assert plain["0"].method == "fast" and sampled["0"].method == "exact"
+    assert torch.allclose(plain["0"].eigenvalues, sampled["0"].eigenvalues, rtol=1e-2, atol=1e-6)

@@ -213,3 +213,20 @@ def test_s3d_trials_report_signed_indexes_and_grow_by_them(tmp_path):
                                            parent_splits=seed["splits"], split_plan={layer: [0, 1]},
                                            widths=[4, 6, 10], growth_strategy="s3d"))
     assert run_trial(child_params, tmp_path / "child")["widths"] == "4,6,10"
+
+
+def test_split_product_dtype_reaches_the_phase(tmp_path, monkeypatch):
+    """trial.split_product_dtype is validated and handed to compute_splitting."""
+    import nni_splitting.trial as trial_module
+    seen = {}
+    real = trial_module.compute_splitting
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trial_module, "compute_splitting", spy)
+    result = run_trial(resolve_params({}, dict(FAST, widths=[2, 3, 4], split_product_dtype="bfloat16")), tmp_path)
+    assert seen["product_dtype"] == "bfloat16" and Path(result["splits"]).stat().st_size > 0
+    with pytest.raises(ValueError, match="split_product_dtype"):
+        resolve_params({"split_product_dtype": "int8"})
