@@ -37,6 +37,7 @@ __all__ = [
     "neuron_slopes",
     "neuron_inputs",
     "weighted_gram",
+    "SUM_CHUNK_ELEMENTS",
     "depthwise_jacobian",
     "depthwise_jacobian_at",
     "depthwise_jacobian_from_taps",
@@ -52,6 +53,10 @@ logger = logging.getLogger(__name__)
 
 # Elements of the largest temporary a chunk may allocate (about 256 MiB in float64).
 DEFAULT_CHUNK_ELEMENTS = 32 * 1024 * 1024
+
+#: Chunk of the per-batch second-order sums of compute_splitting: temporaries of a few MiB stay in the
+#: CPU's caches (the sums are bound by forming ``w f`` and ``f f^T``, not by the products).
+SUM_CHUNK_ELEMENTS = 1024 * 1024
 
 
 def batchnorm_scale(bn: Optional[nn.Module], channels: int, like: torch.Tensor) -> torch.Tensor:

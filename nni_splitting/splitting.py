@@ -26,7 +26,7 @@ from .defaults import METHOD
 from .fast import AUTO_EXACT_MAX_D, AUTO_EXACT_MAX_D_SAMPLED, check_fast_options, solve_max_eigenpairs, solve_min_eigenpairs
 from .graph import NeuronGroup, activation_of_node, find_neuron_groups, handler_for, trace_model
 from .layer_data import FastLayerData
-from .matrix import (DEFAULT_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, depthwise_jacobian_from_taps,
+from .matrix import (DEFAULT_CHUNK_ELEMENTS, SUM_CHUNK_ELEMENTS, batchnorm_scale, depthwise_jacobian, depthwise_jacobian_from_taps,
                      depthwise_taps, extreme_eigenpairs, neuron_inputs, neuron_inputs_at, neuron_slopes, neuron_weights,
                      values_at, weighted_gram)
 from .memory import LayerCost, choose_methods, format_bytes, plan_passes
@@ -291,7 +291,7 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
             for name, chunk in exact_work:
                 _add_splitting_matrices(sums[(name, chunk.start)], batch_size, groups[name], modules, values, gradients,
                                         specs[name], specs2.get(name), chunk, position_samples, positions,
-                                        min(DEFAULT_CHUNK_ELEMENTS, costs[name].exact_chunk_elements(work_bytes)),
+                                        min(SUM_CHUNK_ELEMENTS, costs[name].exact_chunk_elements(work_bytes)),
                                         product_dtype)
             for cache in caches.values():
                 cache.add(values, gradients, batch_size)
