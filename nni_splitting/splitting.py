@@ -201,8 +201,9 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
     product_dtype : torch.dtype or str, optional
         Exact layers: form the products of the second-order sums in this dtype (``"bfloat16"``:
         AMX / AVX512-BF16 on the CPU, tensor cores on a GPU), each chunk's result added to the sums in
-        the model's dtype; the eigen-decomposition stays in the model's dtype. 2-3x less time for the
-        sums on a CPU with AMX, at a rank correlation of the indexes of 0.99+ (docs/benchmarks.md).
+        the model's dtype; the eigen-decomposition stays in the model's dtype. Rank correlation of the
+        indexes with float32 0.9998+; pays only where the sums are large (CPU protocol: -18% phase time
+        at step 4, slower at steps 1-3 where the conversions dominate; docs/benchmarks.md).
         Default: the model's dtype.
 
     Returns
