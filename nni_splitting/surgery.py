@@ -77,21 +77,21 @@ def split_groups(modules: Mapping[str, nn.Module], work: Sequence[Tuple[NeuronGr
     ``modules`` is the model's ``dict(named_modules())``. The order matters when a producer is also
     a consumer of another split group: its directions were computed on its old input width.
     """
-    old_channels = {}
-    # Producers first: their directions were computed on the old input width of each layer.
+    old_channels = []
+    # Producers first: their directions were computed on the old input width of each layer. A group
+    # may come twice (a three-copy split splits an offspring again): each entry keeps its own width.
     for group, indices, directions in work:
         module = modules[group.layer]
         handler = _handler(module, group.layer)
-        old_channels[group.layer] = handler.num_neurons(module)
+        old_channels.append(handler.num_neurons(module))
         handler.split_producer(module, indices, directions, epsilon)
-    for group, indices, _ in work:
+    for (group, indices, _), old in zip(work, old_channels):
         for follower in group.followers:
             _handler(modules[follower], follower).duplicate_channels(modules[follower], indices)
         for consumer in group.consumers:
             module = modules[consumer.module]
-            _handler(module, consumer.module).widen_consumer(module, indices, consumer.block, old_channels[group.layer])
-        logger.info("split %d neuron(s) of %s: %d -> %d", len(indices), group.layer, old_channels[group.layer],
-                    old_channels[group.layer] + len(indices))
+            _handler(module, consumer.module).widen_consumer(module, indices, consumer.block, old)
+        logger.info("split %d neuron(s) of %s: %d -> %d", len(indices), group.layer, old, old + len(indices))
 
 
 def _check_epsilon(epsilon) -> float:

@@ -8,7 +8,8 @@ import torch.nn as nn
 from nni_splitting import apply_splits, compute_splitting, select_neurons
 from nni_splitting.data import load_dataset
 from nni_splitting.models import build_model
-from nni_splitting.signed import apply_signed_splits, predicted_change, signed_indexes, signed_schemes
+from nni_splitting.signed import (SCHEMES, apply_signed_splits, predicted_change, scheme_choices, signed_indexes,
+                                   signed_schemes)
 
 
 def _digits(n=256):
@@ -162,3 +163,131 @@ def test_grower_with_s3d_grows_where_s2d_is_stuck():
     assert sum(p.numel() for p in grown["s3d"].parameters()) > sum(p.numel() for p in model.parameters())
     loss = nn.MSELoss()
     assert _loss(grown["s3d"], x, target, loss) < _loss(model, x, target, loss)
+
+
+# ------------------------------------------------------------------ three copies
+
+
+def _spectrum(lambda_min, lambda_max):
+    from types import SimpleNamespace
+    return SimpleNamespace(eigenvalues=torch.tensor([float(lambda_min)], dtype=torch.float64),
+                           max_eigenvalues=torch.tensor([float(lambda_max)], dtype=torch.float64),
+                           max_directions=torch.zeros(1, 3, dtype=torch.float64))
+
+
+def _numerical_optimum(eigenvalues, a, copies, restarts=60, seed=0):
+    """min sum_i w_i delta_i^T S delta_i over every `copies`-copy scheme with sum w_i = 1, sum w_i delta_i = 0,
+    ||delta_i|| <= 1, sum |w_i| <= 1 + 2a (SLSQP from random starts): an independent check of the closed form."""
+    import numpy as np
+    from scipy.optimize import minimize
+    rng = np.random.default_rng(seed)
+    matrix, m, d = np.diag(eigenvalues), copies, len(eigenvalues)
+
+    def parts(z):
+        return z[:m], z[m:].reshape(m, d)
+
+    def objective(z):
+        w, delta = parts(z)
+        return float(sum(wi * di @ matrix @ di for wi, di in zip(w, delta)))
+
+    constraints = [{"type": "eq", "fun": lambda z: parts(z)[0].sum() - 1},
+                   {"type": "eq", "fun": lambda z: (parts(z)[0][:, None] * parts(z)[1]).sum(0)},
+                   {"type": "ineq", "fun": lambda z: 1 + 2 * a - np.sqrt(parts(z)[0] ** 2 + 1e-12).sum()},
+                   {"type": "ineq", "fun": lambda z: 1 - (parts(z)[1] ** 2).sum(1)}]
+    found = [minimize(objective, rng.normal(size=m + m * d), constraints=constraints, method="SLSQP",
+                      options={"maxiter": 500}) for _ in range(restarts)]
+    return min(r.fun for r in found if r.success)
+
+
+@pytest.mark.parametrize("copies", [2, 3])
+@pytest.mark.parametrize("a, spectrum", [(0.5, (-0.5, 0.3, 1.2)), (1.0, (-1.3, -0.2, 0.4)),
+                                         (2.0, (-1.0, 0.1, 3.0)), (0.3, (0.27, 0.75, 1.6))])
+def test_the_closed_form_schemes_are_the_optimum_over_every_scheme_with_that_many_copies(copies, a, spectrum):
+    """Each mixed, signed and positive case: the index equals the best of all schemes found numerically."""
+    closed = float(signed_indexes({"layer": _spectrum(min(spectrum), max(spectrum))}, a, copies)["layer"][0])
+    assert closed == pytest.approx(min(0.0, _numerical_optimum(spectrum, a, copies)), abs=1e-5)
+
+
+def _neurons_by_scheme(splits, layer, copies):
+    """{scheme: (a, neurons that choose it at that a)} over a few weight bounds a."""
+    found = {}
+    for a in (0.05, 0.3, 1.0, 3.0, 10.0):
+        codes = scheme_choices(splits, a, copies)[layer]
+        index = signed_indexes(splits, a, copies)[layer]
+        for code, name in enumerate(SCHEMES[copies]):
+            picks = [j for j in range(len(codes)) if int(codes[j]) == code and abs(float(index[j])) > 1e-4]
+            if picks and name not in found:
+                found[name] = (a, picks[:3])
+    return found
+
+
+@pytest.mark.parametrize("scheme", ["positive3", "signed3", "mixed3"])
+def test_three_copy_predicted_loss_change_matches_the_measured_one(scheme):
+    """dL = eps^2/2 * index within 1% at small eps for each three-copy scheme (fp64, softplus MLP after a few
+    steps: some of its neurons have lambda_max < |lambda_min|, where positive3 wins)."""
+    model, x, y = _trained_mlp("softplus", widths=(8,), steps=5)
+    loss_fn = nn.CrossEntropyLoss()
+    splits = compute_splitting(model, loss_fn, [(x, y)], method="exact")
+    layer = next(iter(splits))
+    found = _neurons_by_scheme(splits, layer, 3)
+    assert scheme in found, f"no neuron chooses {scheme} at any a: {sorted(found)}"
+    a, picks = found[scheme]
+    plan, eps = {layer: picks}, 1e-3
+    before = _loss(model, x, y, loss_fn)
+    grown = apply_signed_splits(model, splits, plan, epsilon=eps, a=a, copies=3)
+    assert dict(grown.named_modules())[layer].out_features == splits[layer].num_neurons + 2 * len(picks)
+    measured = _loss(grown, x, y, loss_fn) - before
+    predicted = predicted_change(splits, plan, eps, a, copies=3)
+    assert abs(measured - predicted) <= 0.01 * abs(predicted), (measured, predicted)
+
+
+def test_three_copies_preserve_the_function_and_write_their_output_weights():
+    """Both hidden layers split into three at once (the second consumes the first): at eps = 0 the function
+    is kept and each copy carries w_i times the original output column; at small eps dL is as predicted."""
+    model, x, y = _trained_mlp("tanh", widths=(6, 5), steps=200)
+    loss_fn = nn.CrossEntropyLoss()
+    splits = compute_splitting(model, loss_fn, [(x, y)], method="exact")
+    plan = {layer: list(range(split.num_neurons)) for layer, split in splits.items()}
+    a = 1.0
+    grown = apply_signed_splits(model, splits, plan, epsilon=0.0, a=a, copies=3)
+    assert torch.allclose(grown(x), model(x), atol=1e-12)
+    last = list(splits)[-1]
+    consumer_name = splits[last].group.consumers[0].module
+    original = dict(model.named_modules())[consumer_name].weight
+    written = dict(grown.named_modules())[consumer_name].weight
+    n, codes = splits[last].num_neurons, scheme_choices(splits, a, 3)[last]
+    weights = {0: (-a, (1 + a) / 2), 1: (1 + a, -a / 2), 2: (-a, (1 + a) / 2)}
+    for j in range(n):
+        single, pair = weights[int(codes[j])]
+        assert torch.allclose(written[:, j], single * original[:, j])
+        assert torch.allclose(written[:, n + j], pair * original[:, j])
+        assert torch.allclose(written[:, 2 * n + j], pair * original[:, j])
+    eps = 1e-3
+    before = _loss(model, x, y, loss_fn)
+    measured = _loss(apply_signed_splits(model, splits, plan, epsilon=eps, a=a, copies=3), x, y, loss_fn) - before
+    predicted = predicted_change(splits, plan, eps, a, copies=3)
+    assert abs(measured - predicted) <= 0.02 * abs(predicted), (measured, predicted)
+
+
+def test_three_copies_lower_a_splitting_stable_loss_more_than_two():
+    """On the toy where S2D is stuck: at the same eps and weight bound, three copies (signed3, -a lambda_max)
+    lower the loss about (1 + a) times as much as the two-copy signed split (-a/(1+a) lambda_max)."""
+    model, x, target = _splitting_stable_toy()
+    loss_fn = nn.MSELoss()
+    splits = compute_splitting(model, loss_fn, [(x, target)], method="exact")
+    layer = next(iter(splits))
+    assert all(SCHEMES[3][int(c)] == "signed3" for c in scheme_choices(splits, 1.0, 3)[layer])
+    plan, before, drops = {layer: [0, 1]}, _loss(model, x, target, loss_fn), {}
+    for copies in (2, 3):
+        grown = apply_signed_splits(model, splits, plan, epsilon=0.05, copies=copies)
+        drops[copies] = before - _loss(grown, x, target, loss_fn)
+        assert drops[copies] == pytest.approx(-predicted_change(splits, plan, 0.05, copies=copies), rel=0.05)
+    assert drops[3] > 1.8 * drops[2] > 0
+
+
+def test_bad_copies_are_refused():
+    model, x, y = _trained_mlp("tanh", steps=1)
+    splits = compute_splitting(model, nn.CrossEntropyLoss(), [(x, y)], method="exact")
+    for bad in (1, 4, True, "3"):
+        with pytest.raises(ValueError, match="copies"):
+            apply_signed_splits(model, splits, {next(iter(splits)): [0]}, copies=bad)
