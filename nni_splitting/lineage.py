@@ -182,8 +182,10 @@ def clean_plan(plan: Mapping[str, Sequence[int]]) -> Plan:
     return {str(k): sorted(int(i) for i in v) for k, v in plan.items() if len(v)}
 
 
-def grown_widths(widths: Sequence[int], width_layers: Sequence[str], plan: Mapping[str, Sequence[int]]) -> List[int]:
-    """Widths after splitting: layer ``l`` gains ``len(plan[l])`` neurons.
+def grown_widths(widths: Sequence[int], width_layers: Sequence[str], plan: Mapping[str, Sequence[int]],
+                 added_per_split: int = 1) -> List[int]:
+    """Widths after splitting: layer ``l`` gains ``added_per_split * len(plan[l])`` neurons (2 for a
+    three-copy split, the index file's ``added_per_split``).
 
     Raises
     ------
@@ -197,7 +199,7 @@ def grown_widths(widths: Sequence[int], width_layers: Sequence[str], plan: Mappi
     for layer, indices in plan.items():
         if layer not in position:
             raise ValueError(f"plan layer {layer!r} is not a width layer; width layers: {list(width_layers)}")
-        result[position[layer]] += len(indices)
+        result[position[layer]] += int(added_per_split) * len(indices)
     return result
 
 
@@ -222,9 +224,10 @@ def budget_totals(info: Mapping) -> Dict[str, float]:
 
 
 def budget_unit_costs(info: Mapping) -> Dict[str, Dict[str, float]]:
-    """Per-neuron cost of each layer for every budget key (ratios divide by the reference totals)."""
-    costs = info.get("costs", {})
-    unit = {key: dict(costs.get(key, {})) for key in ("params", "flops")}
+    """Per-split cost of each layer for every budget key (ratios divide by the reference totals): the cost of
+    one neuron times the neurons a split adds (``added_per_split``, 2 for three copies)."""
+    costs, per_split = info.get("costs", {}), float(info.get("added_per_split", 1))
+    unit = {key: {k: per_split * v for k, v in costs.get(key, {}).items()} for key in ("params", "flops")}
     reference = info.get("reference", {})
     for key in ("params", "flops"):
         if reference.get(key):

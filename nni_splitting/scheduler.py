@@ -363,6 +363,9 @@ class Scheduler:
     def _select(self, info: dict, lineage: int = 0) -> dict:
         # m* of Algorithm 1: split the m most negative lambda_min below lambda* (threshold)
         m = lin.split_count(info["widths"], self.args.grow_ratio, self.args.max_splits)
+        per_split = int(info.get("added_per_split", 1))  # three-copy splits add two neurons: grow_ratio counts added ones
+        if per_split > 1 and self.args.max_splits is None:
+            m = max(1, -(-m // per_split))
         eigenvalues = {k: v for k, v in info["eigenvalues"].items() if k in set(info["width_layers"])}
         selection = self._lineage_settings(lineage).get("selection", getattr(self.args, "selection", "negative"))
         if selection == "lowest_fraction":
@@ -438,7 +441,7 @@ class Scheduler:
         info = parent.info
         node = Node(lin.make_node_id(parent.lineage, parent.step + 1), parent.lineage, parent.step + 1, attempt,
                     parent.node_id)
-        widths = lin.grown_widths(info["widths"], info["width_layers"], plan)
+        widths = lin.grown_widths(info["widths"], info["width_layers"], plan, info.get("added_per_split", 1))
         node.params = self._params(node, widths=widths, width_multiplier=None, plan=plan, parent=parent)
         return node
 

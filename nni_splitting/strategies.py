@@ -31,6 +31,7 @@ from .activations import DEFAULT_SURROGATE_BETA
 from .defaults import EPSILON, METHOD, SELECTION
 from .firefly import apply_firefly, compute_firefly
 from .selection import select
+from .signed import COPIES as SIGNED_COPIES
 from .signed import SIGNED_WEIGHT, apply_signed_splits, signed_indexes
 from .splitting import compute_splitting
 from .surgery import apply_splits
@@ -99,25 +100,29 @@ class S2DStrategy(GrowthStrategy):
 
 
 class S3DStrategy(S2DStrategy):
-    """Signed splitting (:mod:`nni_splitting.signed`): ranks ``min(lambda_min, -a/(1+a) lambda_max)``,
-    splits each chosen neuron by its better scheme (positive, or signed output weights ``(1 + a, -a)``).
+    """Signed splitting (:mod:`nni_splitting.signed`): ranks each neuron by its best scheme's ``2 dL / eps^2``
+    (two copies: ``min(lambda_min, -a/(1+a) lambda_max)``), splits it by that scheme (positive, or signed output
+    weights ``(1 + a, -a)``; with ``copies=3`` positive3 / signed3 / mixed3, two added neurons per split).
 
-    Options as :class:`S2DStrategy` (``lambda_max`` is always computed), plus ``a``.
+    Options as :class:`S2DStrategy` (``lambda_max`` is always computed), plus ``a`` and ``copies`` (2 or 3).
     """
 
     name = "s3d"
 
     def __init__(self, epsilon: float = EPSILON, method: str = METHOD,
-                 surrogate_beta: float = DEFAULT_SURROGATE_BETA, a: float = SIGNED_WEIGHT, **options):
+                 surrogate_beta: float = DEFAULT_SURROGATE_BETA, a: float = SIGNED_WEIGHT, copies: int = 2,
+                 **options):
         fast_options = dict(options.pop("fast_options", None) or {}, largest=True)
         super().__init__(epsilon, method, surrogate_beta, fast_options=fast_options, **options)
-        self.a = a
+        if isinstance(copies, bool) or copies not in SIGNED_COPIES:
+            raise ValueError(f"copies={copies!r} must be one of {list(SIGNED_COPIES)}")
+        self.a, self.copies = a, int(copies)
 
     def select(self, scores, rule=SELECTION, **options):
-        return select(signed_indexes(scores, self.a), rule, **options)  # both schemes on one scale
+        return select(signed_indexes(scores, self.a, self.copies), rule, **options)  # every scheme on one scale
 
     def apply(self, model, scores, plan):
-        return apply_signed_splits(model, scores, plan, epsilon=self.epsilon, a=self.a)
+        return apply_signed_splits(model, scores, plan, epsilon=self.epsilon, a=self.a, copies=self.copies)
 
 
 _FIREFLY_OPTIONS = ("new_epsilon", "new_neurons", "kinds", "steps", "score_batches", "lr", "input_scale", "seed",

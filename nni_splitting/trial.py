@@ -38,6 +38,7 @@ from .defaults import EPSILON, METHOD
 from .data import DATASETS, dummy_input, load_dataset, make_loaders
 from .models import build_model, current_widths, scale_widths
 from .firefly import apply_firefly, compute_firefly, load_firefly, save_firefly
+from .signed import COPIES as SIGNED_COPIES
 from .signed import apply_signed_splits, signed_indexes
 from .offspring import EPSILON_SCALES, SYMMETRY_BREAKING, break_symmetry, scale_directions
 from .splitting import compute_splitting, load_splits, save_splits
@@ -86,6 +87,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
                                    # params_ratio / flops_ratio, the full arm the pruners start from, uniform's base)
     "growth_strategy": "s2d",     # "s2d" (splitting indexes, the paper), "s3d" (signed splits, nni_splitting.signed)
                                   # or "firefly" (splits + new neurons, scored: nni_splitting.firefly)
+    "s3d_copies": 2,              # s3d: offspring per split neuron, 2 or 3 (three-copy schemes; each split adds two)
     "epsilon_scale": "absolute",  # offspring theta +- eps v ("absolute") or +- eps ||theta|| v ("relative")
     "symmetry_breaking": "none",  # "none", "noise" or "bn_scale" on the appended offspring (nni_splitting.offspring)
     "symmetry_scale": 0.1,        # its size: noise std / ||theta|| per weight * sqrt(d), or the BN scale's 1 + x
@@ -165,6 +167,8 @@ def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
     if merged["growth_strategy"] not in GROWTH_STRATEGIES:
         raise ValueError(f"trial.growth_strategy must be one of {list(GROWTH_STRATEGIES)}, "
                          f"got {merged['growth_strategy']!r}")
+    if isinstance(merged["s3d_copies"], bool) or merged["s3d_copies"] not in SIGNED_COPIES:
+        raise ValueError(f"trial.s3d_copies must be one of {list(SIGNED_COPIES)}, got {merged['s3d_copies']!r}")
     if merged["epsilon_scale"] not in EPSILON_SCALES:
         raise ValueError(f"trial.epsilon_scale must be one of {list(EPSILON_SCALES)}, got {merged['epsilon_scale']!r}")
     if merged["symmetry_breaking"] not in SYMMETRY_BREAKING:
@@ -226,8 +230,9 @@ def build_network(params: Dict[str, Any], data) -> nn.Module:
         model = apply_firefly(parent, load_firefly(params["parent_splits"]), plan)
         return _check_grown(model, params, state)
     splits = load_splits(params["parent_splits"])
-    if params["growth_strategy"] == "s3d":  # each neuron by its better scheme, positive or signed
-        return _check_grown(apply_signed_splits(parent, splits, plan, epsilon=float(params["epsilon"])), params, state)
+    if params["growth_strategy"] == "s3d":  # each neuron by its best scheme (positive or signed; 2 or 3 copies)
+        return _check_grown(apply_signed_splits(parent, splits, plan, epsilon=float(params["epsilon"]),
+                                                copies=int(params["s3d_copies"])), params, state)
     old_widths = {layer: int(splits[layer].num_neurons) for layer in plan if layer in splits}
     scaled = scale_directions(parent, splits, params["epsilon_scale"])
     model = apply_splits(parent, scaled, plan, epsilon=float(params["epsilon"]))
@@ -338,8 +343,9 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
     flops, n_params = count_model(model, dummy)
     reference = build_model(params["model"], widths=full_widths(params), **model.config)
     ref_flops, ref_params = count_model(reference, dummy)
+    signed_copies = int(params["s3d_copies"]) if params["growth_strategy"] == "s3d" else 2
     if params["growth_strategy"] == "s3d" and splits:
-        indexes = signed_indexes(splits)  # min(lambda_min, -a/(1+a) lambda_max): one scale for both schemes
+        indexes = signed_indexes(splits, copies=signed_copies)  # the best scheme's 2 dL / eps^2: one scale for all
     else:
         indexes = {name: s.eigenvalues for name, s in (splits or {}).items()}
     eigenvalues = {name: [float(v) for v in values] for name, values in indexes.items()}
@@ -355,6 +361,7 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
                                                           "widths": list(reference.widths)},
         "accuracy": test_acc, "val_accuracy": val_acc, "checkpoint": str(checkpoint),
         "splits": str(splits_path) if splits is not None else "", "splitting_error": error,
+        "added_per_split": signed_copies - 1,
         "checkpoint_sha256": checkpoint_sha256,
     }
     atomic_write_json(index_path, info)

@@ -334,7 +334,7 @@ def exact_counter(info: dict) -> Callable[[dict], Optional[Dict[str, float]]]:
     """``plan -> totals`` counting the grown model with NNI's counter; None when it cannot be built."""
     def count(plan: dict) -> Optional[Dict[str, float]]:
         try:
-            widths = lin.grown_widths(info["widths"], info["width_layers"], plan)
+            widths = lin.grown_widths(info["widths"], info["width_layers"], plan, info.get("added_per_split", 1))
             model = build_model(info["model"], widths=widths, **info.get("model_config", {}))
             flops, params = count_model(model, torch.zeros(1, *info["input_shape"]))
         except Exception as error:  # unknown model, missing fields: fall back to the estimate

@@ -278,3 +278,18 @@ def test_lineage_settings_cost_ranks_that_lineage_per_flop(tmp_path):
         check(beam=1, lineage_settings=[{"cost": "flops", "selection": "lowest_fraction"}])
     with pytest.raises(ValueError, match="ranks by index only"):
         check(beam=1, selection="lowest_fraction", lineage_settings=[{"cost": "flops"}])
+
+
+def test_three_copy_splits_count_the_neurons_they_add(tmp_path):
+    """An index file with added_per_split = 2 (S3D with three copies): grow_ratio counts added neurons, so
+    half as many splits are picked, and each split layer's width grows by two per split."""
+    sched = make(tmp_path, max_splits=None, grow_ratio=0.8, max_steps=1, selection="lowest_fraction")
+    sched.start()
+    seed = sched.pop_ready()
+    result = finish(tmp_path, seed)
+    info = read_json(result["indexes"])
+    atomic_write_json(result["indexes"], dict(info, added_per_split=2))
+    sched.succeeded(seed, result)
+    child = sched.pop_ready()
+    assert child.params["split_plan"] == {"a": [1], "b": [0]}  # round(0.8 * 5) = 4 added neurons: 2 splits
+    assert child.params["widths"] == [5, 4]

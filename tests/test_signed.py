@@ -291,3 +291,18 @@ def test_bad_copies_are_refused():
     for bad in (1, 4, True, "3"):
         with pytest.raises(ValueError, match="copies"):
             apply_signed_splits(model, splits, {next(iter(splits)): [0]}, copies=bad)
+
+
+def test_grower_with_three_copy_s3d_adds_two_neurons_per_split():
+    from nni_splitting import SplittingGrower
+    model, x, target = _splitting_stable_toy()
+    config = [{"op_types": ["Linear"], "max_splits": 2, "threshold": -1e-9}]
+    grower = SplittingGrower(model, config, batches=[(x, target)], loss_fn=nn.MSELoss(), strategy="s3d",
+                             strategy_options={"method": "exact", "copies": 3}, epsilon=0.2)
+    grown = grower.step()
+    hidden = [m for m in grown.modules() if isinstance(m, nn.Linear)][0]
+    assert hidden.out_features == 4 + 2 * 2
+    assert _loss(grown, x, target, nn.MSELoss()) < _loss(model, x, target, nn.MSELoss())
+    with pytest.raises(ValueError, match="copies"):
+        SplittingGrower(model, config, batches=[(x, target)], loss_fn=nn.MSELoss(), strategy="s3d",
+                        strategy_options={"copies": 5}).step()

@@ -215,6 +215,26 @@ def test_s3d_trials_report_signed_indexes_and_grow_by_them(tmp_path):
     assert run_trial(child_params, tmp_path / "child")["widths"] == "4,6,10"
 
 
+def test_three_copy_s3d_trials_grow_two_neurons_per_split(tmp_path):
+    """s3d_copies=3: the index file holds the three-copy index and added_per_split = 2; a child whose plan
+    splits two neurons of a layer has four more there; a bad copy count is refused up front."""
+    from nni_splitting.signed import signed_indexes
+    seed_params = resolve_params({}, dict(FAST, widths=[4, 6, 8], node_id="l0s0-s3d3", growth_strategy="s3d",
+                                          s3d_copies=3))
+    seed = run_trial(seed_params, tmp_path / "seed")
+    info = json.loads(Path(seed["indexes"]).read_text())
+    splits = load_splits(seed["splits"])
+    layer = info["width_layers"][2]
+    assert info["added_per_split"] == 2
+    assert info["eigenvalues"][layer] == pytest.approx(signed_indexes(splits, copies=3)[layer].tolist(), abs=1e-6)
+    child_params = resolve_params({}, dict(FAST, step=1, node_id="l0s1-s3d3", parent_checkpoint=seed["checkpoint"],
+                                           parent_splits=seed["splits"], split_plan={layer: [0, 1]},
+                                           widths=[4, 6, 12], growth_strategy="s3d", s3d_copies=3))
+    assert run_trial(child_params, tmp_path / "child")["widths"] == "4,6,12"
+    with pytest.raises(ValueError, match="s3d_copies"):
+        resolve_params({}, {"growth_strategy": "s3d", "s3d_copies": 4})
+
+
 def test_split_product_dtype_reaches_the_phase(tmp_path, monkeypatch):
     """trial.split_product_dtype is validated and handed to compute_splitting."""
     import nni_splitting.trial as trial_module
