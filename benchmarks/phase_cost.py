@@ -12,7 +12,8 @@ process (one thread):
   10,000-image subset (the 9,000 training images, then the 1,000 validation ones), for each
   ``--samples`` and ``--methods``,
 
-for each ``--positions`` (``position_samples``: 0 = every position), and writes ``ratio = phase_s /
+for each ``--positions`` (``position_samples``: 0 = every position) and ``--image-fractions``
+(``image_fraction``: 1 = every image), and writes ``ratio = phase_s /
 epoch_s`` (the target: <= 1 with N = 10,000 at every round), ``lambda_corr`` (Pearson) and
 ``rank_corr`` (Spearman), the correlation of the indexes with the first setting's, and ``top_overlap``,
 the share of the protocol's selection (the lowest 45 % of all neurons) that the setting selects too.
@@ -78,6 +79,8 @@ def main(argv=None) -> int:
     p.add_argument("--split-batch-size", type=int, default=128)
     p.add_argument("--product-dtypes", default="float32",
                    help="product_dtype values of the exact sums (e.g. float32,bfloat16); the first is the reference")
+    p.add_argument("--image-fractions", default="1",
+                   help="image_fraction values of the exact sums (1: every image), e.g. 1,0.5,0.25")
     p.add_argument("--csv", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -95,12 +98,13 @@ def main(argv=None) -> int:
             batches = [(x[i:i + size], y[i:i + size]) for i in range(0, min(samples, len(y)), size)]
             reference = None
             for method in args.methods.split(","):
-                for positions, product in ((int(k), dt) for k in args.positions.split(",")
-                                           for dt in args.product_dtypes.split(",")):
+                for positions, product, fraction in ((int(k), dt, float(f)) for k in args.positions.split(",")
+                                                     for dt in args.product_dtypes.split(",")
+                                                     for f in args.image_fractions.split(",")):
                     start = time.perf_counter()
                     splits = compute_splitting(model, nn.CrossEntropyLoss(), batches, method=method,
                                                position_samples=positions or None, fast_options={"largest": False},
-                                               product_dtype=product)
+                                               product_dtype=product, image_fraction=None if fraction >= 1 else fraction)
                     phase_s = time.perf_counter() - start
                     values = torch.cat([s.eigenvalues for s in splits.values()])
                     reference = values if reference is None else reference
@@ -109,6 +113,7 @@ def main(argv=None) -> int:
                     ranks = torch.stack([values.argsort().argsort(), reference.argsort().argsort()]).double()
                     row = {"network": label, "params": params, "samples": len(torch.cat([b[1] for b in batches])),
                            "method": method, "position_samples": positions or "all", "product_dtype": product,
+                           "image_fraction": fraction,
                            "epoch_s": round(epoch_s, 2),
                            "phase_s": round(phase_s, 2), "ratio": round(phase_s / epoch_s, 2),
                            "lambda_corr": round(float(torch.corrcoef(torch.stack([values, reference]))[0, 1]), 4),

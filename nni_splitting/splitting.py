@@ -146,7 +146,7 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
                       memory_limit: int = DEFAULT_MEMORY_LIMIT, progress: bool = False,
                       keep_matrices: bool = False, fast_options: Optional[dict] = None,
                       position_samples: Optional[int] = None, seed: int = 0,
-                      product_dtype=None) -> Dict[str, LayerSplitting]:
+                      product_dtype=None, image_fraction: Optional[float] = None) -> Dict[str, LayerSplitting]:
     """Splitting indexes (``lambda_min``) and splitting gradients (``v_min``) of every splittable neuron.
 
     Parameters
@@ -205,6 +205,12 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
         indexes with float32 0.9998+; pays only where the sums are large (CPU protocol: -18% phase time
         at step 4, slower at steps 1-3 where the conversions dominate; docs/benchmarks.md).
         Default: the model's dtype.
+    image_fraction : float in (0, 1], optional
+        Exact layers: estimate each batch's sum over images from a Poisson draw of about this share of
+        them, image ``n`` kept with probability ``pi_n = min(1, fraction (1 + N r_n / sum r) / 2)``
+        (``r_n``: the size of its gradients at the layer's neurons) and weighted ``1 / pi_n``: unbiased,
+        the images a converged network already fits (small gradients, small ``S_jn``) skipped most.
+        Every image still goes through the recorded forward/backward pass. Default: every image.
 
     Returns
     -------
@@ -217,6 +223,9 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
     if position_samples is not None and (isinstance(position_samples, bool) or not isinstance(position_samples, int)
                                          or position_samples < 1):
         raise ValueError(f"position_samples={position_samples!r} must be an int >= 1 or None")
+    if image_fraction is not None and (isinstance(image_fraction, bool) or not isinstance(image_fraction, (int, float))
+                                       or not 0 < image_fraction <= 1):
+        raise ValueError(f"image_fraction={image_fraction!r} must be a number in (0, 1] or None")
     options = check_fast_options(fast_options)
     product_dtype = _check_product_dtype(product_dtype)
     positions = torch.Generator().manual_seed(int(seed))
@@ -293,7 +302,7 @@ def compute_splitting(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.T
                 _add_splitting_matrices(sums[(name, chunk.start)], batch_size, groups[name], modules, values, gradients,
                                         specs[name], specs2.get(name), chunk, position_samples, positions,
                                         min(SUM_CHUNK_ELEMENTS, costs[name].exact_chunk_elements(work_bytes)),
-                                        product_dtype)
+                                        product_dtype, image_fraction)
             for cache in caches.values():
                 cache.add(values, gradients, batch_size)
             del values, gradients
@@ -412,15 +421,33 @@ def _sample_positions(count: int, wanted: Optional[int], generator: Optional[tor
     return (torch.arange(wanted) * stride + offsets).to(device), count / wanted
 
 
+def _sample_images(importance: torch.Tensor, fraction: float, generator: Optional[torch.Generator]
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(kept images, 1 / pi of each)``: Poisson sampling with ``pi_n = min(1, fraction (1 + N r_n / sum r) / 2)``.
+
+    ``sum_{kept} X_n / pi_n`` is an unbiased estimate of ``sum_n X_n`` whatever ``X``; drawing half in proportion
+    to ``r_n`` (the size of image ``n``'s gradients) skips mostly the images that add little to ``S``, the
+    uniform half bounds every weight ``1 / pi_n`` by ``2 / fraction`` (no heavy tail)."""
+    total = float(importance.sum())
+    if total <= 0:
+        return importance.new_zeros(0, dtype=torch.long), importance.new_zeros(0)
+    pi = (fraction * (1 + importance.numel() * importance / total) / 2).clamp(max=1.0)
+    draw = torch.rand(importance.numel(), generator=generator).to(importance.device)
+    kept = torch.nonzero(draw < pi).flatten()
+    return kept, 1.0 / pi[kept]
+
+
 def _add_splitting_matrices(sums: torch.Tensor, alpha: float, group: NeuronGroup, modules: Dict[str, nn.Module],
                             values: Dict[str, torch.Tensor], gradients: Dict[str, Optional[torch.Tensor]], spec, spec2,
                             chunk: slice, position_samples: Optional[int] = None,
                             generator: Optional[torch.Generator] = None,
                             chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-                            product_dtype: Optional[torch.dtype] = None) -> None:
+                            product_dtype: Optional[torch.dtype] = None,
+                            image_fraction: Optional[float] = None) -> None:
     """``sums += alpha * S_j`` of one batch for the neurons ``chunk`` of ``group`` (see :mod:`nni_splitting.matrix`),
     in place; with ``position_samples``, the sums over positions are estimated from that many drawn
-    positions. Temporaries have at most ``chunk_elements`` elements (beside the batch's unfolded inputs)."""
+    positions, with ``image_fraction`` the sum over images from a draw of about that share of them.
+    Temporaries have at most ``chunk_elements`` elements (beside the batch's unfolded inputs)."""
     layer = modules[group.layer]
     inputs = values[group.input_node].detach()
     preactivation = values[group.preactivation_node].detach()
@@ -429,6 +456,25 @@ def _add_splitting_matrices(sums: torch.Tensor, alpha: float, group: NeuronGroup
     gradient = gradients[group.activation_node]
     if gradient is None:  # the loss does not depend on this activation
         return
+    dw_values, dw_gradient = None, None
+    if group.depthwise_activation_node and gradients.get(group.depthwise_activation_node) is not None:
+        dw_values = values[group.depthwise_preactivation_node].detach()
+        dw_gradient = gradients[group.depthwise_activation_node]
+    if image_fraction is not None:
+        # sum_n S_jn ~ sum_{n kept} S_jn / pi_n, pi_n ~ |dL/da_n| + |dL/db_n| of these neurons (unbiased)
+        importance = gradient[:, chunk].abs().flatten(1).sum(1)
+        if dw_gradient is not None:
+            importance = importance + dw_gradient[:, chunk].abs().flatten(1).sum(1)
+        kept, inverse = _sample_images(importance, image_fraction, generator)
+        if kept.numel() == 0:
+            return
+        per_image = inverse.to(gradient.dtype).view(-1, *([1] * (gradient.dim() - 1)))
+        inputs, preactivation = inputs.index_select(0, kept), preactivation.index_select(0, kept)
+        gradient = gradient.index_select(0, kept) * per_image
+        if dw_gradient is not None:
+            dw_values = dw_values.index_select(0, kept)
+            dw_gradient = dw_gradient.index_select(0, kept) * per_image
+        n = int(kept.numel())
     patches = None  # every position's x~ [N, d, P]: unfolded only when some sum runs over every position
     # S_j = E[ sum_p dL/da_{j,p} * sigma''(u_{j,p}) * c_j^2 * x~_p x~_p^T ]           (eq. 3)
     # sum_p ~ (P / |p'|) sum_{p in p'} over a stratified draw p' of positions (unbiased)
@@ -442,11 +488,10 @@ def _add_splitting_matrices(sums: torch.Tensor, alpha: float, group: NeuronGroup
         weights = neuron_weights(*flat, spec.second, scale[chunk]) * factor
         weighted_gram(neuron_inputs_at(inputs, layer, index), weights, chunk_elements, out=sums, alpha=alpha,
                       product_dtype=product_dtype)
-    if group.depthwise_activation_node and gradients.get(group.depthwise_activation_node) is not None:
+    if dw_gradient is not None:
         depthwise = modules[group.depthwise]
-        u2 = values[group.depthwise_preactivation_node].detach()
+        u2, g2 = dw_values, dw_gradient
         scale2 = batchnorm_scale(modules.get(group.depthwise_bn) if group.depthwise_bn else None, channels, u2)
-        g2 = gradients[group.depthwise_activation_node]
         # S_j += E[ sum_q dL/db_{j,q} * sigma_2''(u'_{j,q}) * c'_j^2 * J_{j,q} J_{j,q}^T ]
         grid = tuple(preactivation.shape[2:])
         index2, factor2 = _sample_positions(u2[0, 0].numel(), position_samples, generator, preactivation.device)

@@ -80,6 +80,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "split_batch_size": None,  # default: batch_size
     "split_positions": None,   # exact layers: estimate each image's sum over positions from this many drawn ones
     "split_product_dtype": None,  # exact layers: products of the sums in this dtype ("bfloat16"), sums in float32
+    "split_image_fraction": None,  # exact layers: each batch's sum over images from a weighted draw of this share
     "split_data": "train",     # "train" (the loss being descended, as in the paper) or "val"
     "num_threads": None,       # torch.set_num_threads
     "device": "auto",          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
@@ -177,6 +178,10 @@ def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
     scale = merged["symmetry_scale"]
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
         raise ValueError(f"trial.symmetry_scale must be a finite number >= 0, got {scale!r}")
+    fraction = merged["split_image_fraction"]
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                 or not 0 < fraction <= 1):
+        raise ValueError(f"trial.split_image_fraction must be null or a number in (0, 1], got {fraction!r}")
     if merged["split_product_dtype"] not in (None, "float32", "bfloat16", "float16"):
         raise ValueError(f"trial.split_product_dtype must be null, 'float32', 'bfloat16' or 'float16', "
                          f"got {merged['split_product_dtype']!r}")
@@ -328,7 +333,8 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
                                        method=params["split_method"], max_batches=_split_batches(params),
                                        fast_options={"largest": params["growth_strategy"] == "s3d"},
                                        position_samples=params["split_positions"], seed=int(params["seed"]),
-                                       product_dtype=params["split_product_dtype"])
+                                       product_dtype=params["split_product_dtype"],
+                                       image_fraction=params["split_image_fraction"])
             save = save_splits
         split_seconds = time.time() - phase_started
         model = model.cpu()  # counting, costs and the checkpoint on the CPU

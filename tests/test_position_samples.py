@@ -132,3 +132,44 @@ def test_auto_keeps_wider_layers_exact_when_positions_are_sampled():
     sampled = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="auto", position_samples=16)
     assert plain["0"].method == "fast" and sampled["0"].method == "exact"
     assert torch.allclose(plain["0"].eigenvalues, sampled["0"].eigenvalues, rtol=1e-2, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_batch():
+    torch.manual_seed(1)
+    model = build_model("mobilenet_v1", widths=[3] * 14).double().eval()
+    x = torch.randn(24, 3, 32, 32, dtype=torch.float64)
+    y = torch.randint(0, 10, (24,))
+    return model, [(x[:12], y[:12]), (x[12:], y[12:])]
+
+
+@pytest.mark.parametrize("position_samples", [None, 64])
+def test_drawn_images_average_to_the_exact_matrices(tiny_batch, position_samples):
+    """image_fraction: a Poisson draw of images weighted 1/pi_n is unbiased (alone and with drawn positions),
+    on every term (the depthwise ones included): 60 draws' mean is much closer than one draw (a bias would
+    not shrink; 1/sqrt(60) = 0.13 of one draw's error is expected, 0.5 allowed for the draws' spread)."""
+    model, batches = tiny_batch
+    loss = nn.CrossEntropyLoss()
+    full = compute_splitting(model, loss, batches, method="exact", keep_matrices=True)
+    draws = [compute_splitting(model, loss, batches, method="exact", keep_matrices=True, image_fraction=0.4,
+                               position_samples=position_samples, seed=seed) for seed in range(60)]
+    checked = 0
+    for name, reference in full.items():
+        scale = reference.matrices.norm()
+        if scale == 0:
+            continue
+        one = sum((d[name].matrices - reference.matrices).norm() for d in draws) / len(draws) / scale
+        error = (torch.stack([d[name].matrices for d in draws]).mean(0) - reference.matrices).norm() / scale
+        assert error <= max(0.5 * one, 1e-12), (name, float(one), float(error))
+        checked += int(one > 1e-6)
+    assert checked == len(full)  # every layer was estimated from a subset of the images
+
+
+def test_image_fraction_is_reproducible_and_checked(tiny_batch):
+    model, batches = tiny_batch
+    loss = nn.CrossEntropyLoss()
+    one, two = (compute_splitting(model, loss, batches, method="exact", image_fraction=0.5, seed=3) for _ in range(2))
+    assert all(torch.equal(one[k].eigenvalues, two[k].eigenvalues) for k in one)
+    for bad in (0, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="image_fraction"):
+            compute_splitting(model, loss, batches, image_fraction=bad)

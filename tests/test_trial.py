@@ -235,8 +235,8 @@ def test_three_copy_s3d_trials_grow_two_neurons_per_split(tmp_path):
         resolve_params({}, {"growth_strategy": "s3d", "s3d_copies": 4})
 
 
-def test_split_product_dtype_reaches_the_phase(tmp_path, monkeypatch):
-    """trial.split_product_dtype is validated and handed to compute_splitting."""
+def test_split_product_dtype_and_image_fraction_reach_the_phase(tmp_path, monkeypatch):
+    """trial.split_product_dtype and trial.split_image_fraction are validated and handed to compute_splitting."""
     import nni_splitting.trial as trial_module
     seen = {}
     real = trial_module.compute_splitting
@@ -246,7 +246,12 @@ def test_split_product_dtype_reaches_the_phase(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trial_module, "compute_splitting", spy)
-    result = run_trial(resolve_params({}, dict(FAST, widths=[2, 3, 4], split_product_dtype="bfloat16")), tmp_path)
+    result = run_trial(resolve_params({}, dict(FAST, widths=[2, 3, 4], split_product_dtype="bfloat16",
+                                               split_image_fraction=0.5)), tmp_path)
     assert seen["product_dtype"] == "bfloat16" and Path(result["splits"]).stat().st_size > 0
+    assert seen["image_fraction"] == 0.5
     with pytest.raises(ValueError, match="split_product_dtype"):
         resolve_params({"split_product_dtype": "int8"})
+    for bad in (0, 2, "all", True):
+        with pytest.raises(ValueError, match="split_image_fraction"):
+            resolve_params({"split_image_fraction": bad})
