@@ -29,9 +29,12 @@ three-copy scheme in ``tests/test_signed.py``):
 * ``signed3``: ``w = (1+a, -a/2, -a/2)``, ``delta = (0, +eps v_max, -eps v_max)``: ``dL = -eps^2 a lambda_max / 2``;
 * ``mixed3``: ``w = ((1+a)/2, (1+a)/2, -a)``, ``delta = eps (g v_max +- b v_min, v_max)`` with ``g = a/(1+a)``,
   ``b = sqrt(1 - g^2)``: ``dL = eps^2 ((1+2a)/(1+a) lambda_min - a/(1+a) lambda_max) / 2``, which uses both ends of
-  the spectrum at once and wins when ``a lambda_min + lambda_max > 0`` and ``lambda_min < 0``.
+  the spectrum at once and beats positive3 when ``a lambda_min + lambda_max > 0``.
 
-The three-copy index is the least of the three, ``dL = epsilon^2 index / 2`` per split neuron.
+The three-copy index is the least of the three, ``dL = epsilon^2 index / 2`` per split neuron.  (Four
+copies, a ``+-v_min`` pair and a ``+-v_max`` pair, would reach ``(1+a) lambda_min - a lambda_max``; not
+implemented.)  At ``a = 1`` positive3 and signed3 gain per *added* neuron exactly what their two-copy
+forms gain; three copies concentrate the growth on fewer neurons, and mixed3 gains more.
 """
 from __future__ import annotations
 
