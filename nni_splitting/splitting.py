@@ -30,6 +30,8 @@ from .matrix import (DEFAULT_CHUNK_ELEMENTS, SUM_CHUNK_ELEMENTS, batchnorm_scale
                      depthwise_taps, extreme_eigenpairs, neuron_inputs, neuron_inputs_at, neuron_slopes, neuron_weights,
                      values_at, weighted_gram)
 from .memory import LayerCost, choose_methods, format_bytes, plan_passes
+from .sampling import sample_images as _sample_images
+from .sampling import sample_positions as _sample_positions
 
 __all__ = ["LayerSplitting", "compute_splitting", "save_splits", "load_splits", "METHODS"]
 
@@ -402,39 +404,6 @@ def _layer_size(layer: nn.Module) -> Tuple[int, int]:
     """(number of neurons, parameters per neuron ``d``), from the layer's handler."""
     handler = handler_for(layer)
     return handler.num_neurons(layer), handler.parameters_per_neuron(layer)
-
-
-def _sample_positions(count: int, wanted: Optional[int], generator: Optional[torch.Generator], device
-                      ) -> Tuple[Optional[torch.Tensor], float]:
-    """``(indices, count / len(indices))`` of a stratified draw, or ``(None, 1)`` for all.
-
-    When ``wanted`` divides ``count``, the flat positions are cut into ``wanted`` equal consecutive
-    strata (bands of rows) and one position is drawn uniformly in each; otherwise the draw is uniform
-    without replacement. Both are unbiased with every drawn position weighted ``count / wanted``;
-    strata spread the draw over the image, so correlated neighbouring positions are rarely drawn together."""
-    if wanted is None or wanted >= count:
-        return None, 1.0
-    if count % wanted:
-        return torch.randperm(count, generator=generator)[:wanted].to(device), count / wanted
-    stride = count // wanted
-    offsets = torch.randint(stride, (wanted,), generator=generator)
-    return (torch.arange(wanted) * stride + offsets).to(device), count / wanted
-
-
-def _sample_images(importance: torch.Tensor, fraction: float, generator: Optional[torch.Generator]
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(kept images, 1 / pi of each)``: Poisson sampling with ``pi_n = min(1, fraction (1 + N r_n / sum r) / 2)``.
-
-    ``sum_{kept} X_n / pi_n`` is an unbiased estimate of ``sum_n X_n`` whatever ``X``; drawing half in proportion
-    to ``r_n`` (the size of image ``n``'s gradients) skips mostly the images that add little to ``S``, the
-    uniform half bounds every weight ``1 / pi_n`` by ``2 / fraction`` (no heavy tail)."""
-    total = float(importance.sum())
-    if total <= 0:
-        return importance.new_zeros(0, dtype=torch.long), importance.new_zeros(0)
-    pi = (fraction * (1 + importance.numel() * importance / total) / 2).clamp(max=1.0)
-    draw = torch.rand(importance.numel(), generator=generator).to(importance.device)
-    kept = torch.nonzero(draw < pi).flatten()
-    return kept, 1.0 / pi[kept]
 
 
 def _add_splitting_matrices(sums: torch.Tensor, alpha: float, group: NeuronGroup, modules: Dict[str, nn.Module],

@@ -11,13 +11,18 @@ from nni_splitting.matrix import depthwise_jacobian, depthwise_jacobian_at, neur
 from nni_splitting.models import build_model
 
 
+def _tiny_mobilenet(seed, images, batches):
+    """A 3-channel MobileNetV1 in fp64 and ``images`` random CIFAR-size inputs cut into ``batches``."""
+    torch.manual_seed(seed)
+    model = build_model("mobilenet_v1", widths=[3] * 14).double().eval()
+    x = torch.randn(images, 3, 32, 32, dtype=torch.float64)
+    y = torch.randint(0, 10, (images,))
+    return model, list(zip(x.chunk(batches), y.chunk(batches)))
+
+
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    model = build_model("mobilenet_v1", widths=[3] * 14).double().eval()
-    x = torch.randn(6, 3, 32, 32, dtype=torch.float64)
-    y = torch.randint(0, 10, (6,))
-    return model, [(x, y)]
+    return _tiny_mobilenet(0, 6, 1)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -136,11 +141,7 @@ def test_auto_keeps_wider_layers_exact_when_positions_are_sampled():
 
 @pytest.fixture(scope="module")
 def tiny_batch():
-    torch.manual_seed(1)
-    model = build_model("mobilenet_v1", widths=[3] * 14).double().eval()
-    x = torch.randn(24, 3, 32, 32, dtype=torch.float64)
-    y = torch.randint(0, 10, (24,))
-    return model, [(x[:12], y[:12]), (x[12:], y[12:])]
+    return _tiny_mobilenet(1, 24, 2)
 
 
 @pytest.mark.parametrize("position_samples", [None, 64])
