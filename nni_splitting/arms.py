@@ -38,6 +38,12 @@ Arms:
 ``uniform``
     A uniform width multiplier of the full model matched to ``target_params``
     (:func:`uniform_width_model`), same epochs as ``scratch`` (``uniform_round`` with one round's schedule).
+``plain``
+    A uniform width multiplier of another network family (``plain_model``, base widths ``plain_widths``,
+    default that family's defaults, or the full model's widths for the full model's own family)
+    matched to ``target_params`` and trained like ``uniform``; ratios stay against the comparison's
+    full model. Reported as ``arm_label`` or ``plain_<plain_model>``: the small networks a user
+    would build instead of growing one.
 ``width``
     Width search: widths from ``mult_<i>`` parameters (or ``widths``) (search_spaces/*.json with NNI's built-in
     tuners, or an ``nni.nas`` strategy through :mod:`nni_splitting.baselines.nas`).  With
@@ -64,7 +70,7 @@ from .baselines import add_new_neurons, prune_to_ratio, random_split, uniform_wi
 from .checkpoint import load_checkpoint, save_checkpoint
 from .counting import count_model
 from .data import dummy_input, load_dataset, make_loaders
-from .models import build_model, current_widths
+from .models import build_model, current_widths, default_widths
 from .storage import trial_output_dir
 from .training import evaluate
 from .trial import device_of, full_widths, load_overrides, model_kwargs, resolve_params, run_trial, train_network
@@ -87,7 +93,9 @@ COMPARE_DEFAULTS: Dict[str, Any] = {
     "prior_epochs": 0,            # epochs behind the starting point (pruners: the full training)
     "prior_wall_time": 0.0,       # seconds likewise
     "target_ratio": None,         # pruners: params ratio
-    "target_params": None,        # uniform: parameter count
+    "target_params": None,        # uniform / plain: parameter count
+    "plain_model": "",            # plain: the family (a registered model name)
+    "plain_widths": None,         # plain: its base widths (default: the family's defaults)
     "split_counts": [],           # random_split / new_neurons: [{layer: count}] per step
     "total_epochs": None,         # scratch / uniform: epochs to train (default: seed_epochs + step * epochs)
     "ancestor_epochs": 0,         # splitting: epochs of the ancestors
@@ -199,6 +207,20 @@ def _run_uniform(ctx: ArmContext) -> ArmOutcome:
     return ArmOutcome(model, _train(ctx, model, epochs), epochs, {"width_multiplier": multiplier})
 
 
+def _run_plain(ctx: ArmContext) -> ArmOutcome:
+    p = ctx.params
+    family = p["plain_model"] or p["model"]
+    if p["plain_widths"]:
+        base = list(p["plain_widths"])
+    else:
+        base = full_widths(p) if family == p["model"] else default_widths(family)
+    model, multiplier = uniform_width_model(family, int(p["target_params"]), ctx.dummy, base_widths=base,
+                                            **model_kwargs(family, ctx.data))
+    model = model.to(ctx.device)
+    epochs = _retrain_epochs(p)
+    return ArmOutcome(model, _train(ctx, model, epochs), epochs, {"width_multiplier": multiplier, "family": family})
+
+
 def _run_width(ctx: ArmContext) -> ArmOutcome:
     p = ctx.params
     name = p["model"]
@@ -229,6 +251,7 @@ ARM_SPECS: Dict[str, ArmSpec] = {
     "scratch": ArmSpec(_run_scratch, "retrain", "scratch"),
     "pruned_scratch": ArmSpec(_run_scratch, "retrain", "pruned_scratch"),
     "uniform": ArmSpec(_run_uniform, "width", "uniform"),
+    "plain": ArmSpec(_run_plain, "width", "plain"),
     "width": ArmSpec(_run_width, "width_search", "width"),
 }
 #: arm -> family (the ``method`` column)
@@ -242,6 +265,8 @@ def arm_label(arm: str, params: Dict[str, Any]) -> str:
     if params.get("arm_label"):
         return params["arm_label"]
     label = ARM_SPECS[arm].label
+    if arm == "plain":
+        return f"plain_{params.get('plain_model') or params.get('model')}"
     if arm in ("scratch", "uniform", "pruned_scratch") and params.get("retrain_epochs") == "round":
         label += "_round"
     return label

@@ -34,6 +34,7 @@ import logging
 
 from .arms import PRUNING_ARMS
 from .comparison_policy import DEFAULT_ARMS, ComparisonPolicy
+from .models import check_widths, model_class
 from .tuner import SplittingTuner
 from .tuner_args import SplittingArguments, SplittingClassArgsValidator
 
@@ -43,7 +44,8 @@ _logger = logging.getLogger("nni.tuner.compare")
 
 #: classArgs of CompareTuner beyond SplittingTuner's.
 COMPARE_ARGS = {"arms": list(DEFAULT_ARMS), "pruners": list(PRUNING_ARMS), "full_epochs": None,
-                "finetune_epochs": None, "prune_training_steps": 50, "baseline_steps": None}
+                "finetune_epochs": None, "prune_training_steps": 50, "baseline_steps": None,
+                "plain_families": None}
 
 
 def _check_names(kind: str, value, known) -> None:
@@ -54,6 +56,24 @@ def _check_names(kind: str, value, known) -> None:
     bad = [v for v in value if v not in known]
     if bad:
         raise ValueError(f"unknown {kind} {bad}; known: {list(known)}")
+
+
+def _check_families(families) -> None:
+    """``plain_families``: a list of ``{model, widths?, label?}`` with registered model names."""
+    if families is None:
+        return
+    if not isinstance(families, (list, tuple)):
+        raise ValueError(f"plain_families must be a list of {{model, widths, label}} mappings, got {families!r}")
+    for family in families:
+        if not isinstance(family, dict) or "model" not in family or set(family) - {"model", "widths", "label"}:
+            raise ValueError(f"each plain_families entry is a mapping with model (and optional widths, label), "
+                             f"got {family!r}")
+        model_class(family["model"])  # ValueError naming the known models
+        if family.get("widths") is not None:
+            check_widths(family["widths"], model_class(family["model"]).DEFAULT_WIDTHS,
+                         model_class(family["model"]).FIXED_DEPTH, f"plain_families[{family['model']}]")
+        if family.get("label") is not None and not (isinstance(family["label"], str) and family["label"]):
+            raise ValueError(f"plain_families label must be a non-empty string, got {family['label']!r}")
 
 
 class CompareClassArgsValidator(SplittingClassArgsValidator):
@@ -69,6 +89,7 @@ class CompareClassArgsValidator(SplittingClassArgsValidator):
             value = own.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{key} must be an int >= 1, got {value!r}")
+        _check_families(own.get("plain_families"))
         steps, max_steps = own.get("baseline_steps"), kwargs.get("max_steps", SplittingArguments().max_steps)
         if steps is not None and (not isinstance(steps, (list, tuple)) or not all(
                 isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= max_steps for k in steps)):
@@ -83,15 +104,16 @@ class CompareTuner(SplittingTuner):
     """
 
     def __init__(self, arms=None, pruners=None, full_epochs=None, finetune_epochs=None, prune_training_steps=50,
-                 baseline_steps=None, **splitting_args):
+                 baseline_steps=None, plain_families=None, **splitting_args):
         CompareClassArgsValidator().validate_class_args(
             arms=arms, pruners=pruners, full_epochs=full_epochs, finetune_epochs=finetune_epochs,
-            prune_training_steps=prune_training_steps, baseline_steps=baseline_steps, **splitting_args)
+            prune_training_steps=prune_training_steps, baseline_steps=baseline_steps,
+            plain_families=plain_families, **splitting_args)
         args = SplittingArguments(**splitting_args)
         self.compare = {"full_epochs": full_epochs, "finetune_epochs": finetune_epochs,
                         "prune_training_steps": int(prune_training_steps)}
         self.comparison = ComparisonPolicy(args._replace(trial=dict(args.trial or {})), arms, pruners, self.compare,
-                                           baseline_steps=baseline_steps)
+                                           baseline_steps=baseline_steps, plain_families=plain_families)
         self.arms, self.pruners = self.comparison.arms, self.comparison.pruners
         super().__init__(policy=self.comparison, **splitting_args)
         _logger.info("CompareTuner arms %s, pruners %s, %s", self.arms, self.pruners, self.compare)

@@ -24,7 +24,7 @@ __all__ = ["ComparisonPolicy", "DEFAULT_ARMS"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ARMS = ("pruning", "random_split", "new_neurons", "scratch", "pruned_scratch", "uniform")
+DEFAULT_ARMS = ("pruning", "random_split", "new_neurons", "scratch", "pruned_scratch", "uniform", "plain")
 
 
 def _widths(text) -> List[int]:
@@ -42,13 +42,18 @@ class ComparisonPolicy(Policy):
         Arms (:data:`DEFAULT_ARMS`) and pruners (:data:`nni_splitting.arms.PRUNING_ARMS`) to run.
     baseline_steps
         The growth steps (0 = the seed) that get baselines; default: every step the lineage reaches.
+    plain_families
+        Other network families trained at each step's parameter count (arm ``plain``): mappings with
+        ``model`` (a registered name), optional ``widths`` (the base widths the multiplier scales) and
+        ``label`` (the reported arm, default ``plain_<model>``). Empty: no ``plain`` arm.
     extra
         Settings every arm trial gets (``full_epochs``, ``finetune_epochs``, ``prune_training_steps``;
         None values are left out).
     """
 
     def __init__(self, args, arms: Optional[Sequence[str]] = None, pruners: Optional[Sequence[str]] = None,
-                 extra: Optional[dict] = None, baseline_steps: Optional[Sequence[int]] = None):
+                 extra: Optional[dict] = None, baseline_steps: Optional[Sequence[int]] = None,
+                 plain_families: Optional[Sequence[dict]] = None):
         self.args = args
         self.arms = list(arms if arms is not None else DEFAULT_ARMS)
         self.pruners = list(pruners if pruners is not None else PRUNING_ARMS)
@@ -57,6 +62,7 @@ class ComparisonPolicy(Policy):
             raise ValueError(f"unknown arms/pruners {bad}; arms: {list(DEFAULT_ARMS)}, pruners: {list(PRUNING_ARMS)}")
         self.extra = {k: v for k, v in (extra or {}).items() if v is not None}
         self.baseline_steps = None if baseline_steps is None else {int(k) for k in baseline_steps}
+        self.plain_families = [dict(family) for family in (plain_families or [])]
         self.queued: set = set()    # (lineage, step, arm) already queued
 
     # ------------------------------------------------------------------ Policy hooks
@@ -151,6 +157,12 @@ class ComparisonPolicy(Policy):
             if "uniform" in self.arms and self._once(lineage, node.step, "uniform"):
                 self._add(scheduler, lineage, "uniform", node.step, {"target_params": int(result["params"]),
                                                                      "total_epochs": epochs})
+            for family in self.plain_families if "plain" in self.arms else []:
+                label = family.get("label") or f"plain_{family['model']}"
+                if self._once(lineage, node.step, label):
+                    self._add(scheduler, lineage, "plain", node.step, {
+                        "target_params": int(result["params"]), "total_epochs": epochs, "arm_label": label,
+                        "plain_model": family["model"], "plain_widths": family.get("widths")})
 
     def _add_pruned_scratch(self, scheduler: Scheduler, pruned: Node) -> None:
         """Queue the pruner's architecture, trained from scratch for the lineage's epochs at that ratio."""

@@ -10,16 +10,18 @@ depthwise-separable blocks with ``dw``/``pw``) then ``classifier`` (``pool``,
 the next depthwise conv) must grow too; that is up to the splitting code.
 
 Modules: ``_base`` (activations, ConvBNAct, :class:`WidthModel`), ``_cnn`` (MobileNetV1, VGG19-BN,
-DS-CNN, SmallCNN), ``_small`` (MLP, RBF network), ``_registry`` (:data:`MODELS`, :func:`build_model`
+DS-CNN, SmallCNN), ``_cifar`` (the small CIFAR families of the strong baselines: MobileNetCifar,
+ResNet20), ``_small`` (MLP, RBF network), ``_registry`` (:data:`MODELS`, :func:`build_model`
 and the widths helpers); everything public is re-exported here.
 """
-from ._base import ACTIVATIONS, ConvBNAct, WidthModel, make_activation
+from ._base import ACTIVATIONS, ConvBNAct, WidthModel, check_widths, make_activation
+from ._cifar import MobileNetCifar, ResNet20
 from ._cnn import DSCNN, VGG19BN, MobileNetV1, SmallCNN
-from ._registry import MODELS, build_model, current_widths, default_widths, rebuild, scale_widths, widths_of
+from ._registry import MODELS, build_model, model_class, current_widths, default_widths, rebuild, scale_widths, widths_of
 from ._small import MLP, RBFLayer, RBFNet
 
 __all__ = [
-    "ACTIVATIONS", "MODELS", "ConvBNAct", "WidthModel", "MobileNetV1", "VGG19BN", "DSCNN",
+    "ACTIVATIONS", "MODELS", "ConvBNAct", "WidthModel", "check_widths", "MobileNetV1", "MobileNetCifar", "ResNet20", "VGG19BN", "DSCNN",
     "SmallCNN", "MLP", "RBFLayer", "RBFNet", "make_activation", "current_widths", "widths_of", "rebuild",
-    "default_widths", "scale_widths", "build_model",
+    "default_widths", "scale_widths", "build_model", "model_class",
 ]

@@ -168,8 +168,12 @@ class ConvNet(WidthModel):
         super().__init__(widths, num_classes=num_classes, in_channels=in_channels,
                          activation=activation, dropout=float(dropout))
         self.features = nn.Sequential(OrderedDict(self._layers(self.widths, in_channels, activation)))
-        self.classifier = head(self.widths[-1], num_classes, self.HEAD_POOL, float(dropout))
+        self.classifier = head(self._head_width(), num_classes, self.HEAD_POOL, float(dropout))
         init_weights(self)
+
+    def _head_width(self) -> int:
+        """Channels that reach the classifier (the last width unless a subclass says otherwise)."""
+        return self.widths[-1]
 
     def _layers(self, widths: list[int], in_channels: int, activation: str) -> list:
         raise NotImplementedError

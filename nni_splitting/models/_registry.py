@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ._base import WidthModel, check_widths
+from ._cifar import MobileNetCifar, ResNet20
 from ._cnn import DSCNN, VGG19BN, MobileNetV1, SmallCNN
 from ._small import MLP, RBFNet
 
@@ -20,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 #: Registry of model names to classes.
 MODELS: dict[str, type[WidthModel]] = {
-    "mobilenet_v1": MobileNetV1, "vgg19_bn": VGG19BN, "ds_cnn": DSCNN,
+    "mobilenet_v1": MobileNetV1, "mobilenet_cifar": MobileNetCifar, "resnet20": ResNet20, "vgg19_bn": VGG19BN,
+    "ds_cnn": DSCNN,
     "small_cnn": SmallCNN, "mlp": MLP, "rbf": RBFNet,
 }
 
