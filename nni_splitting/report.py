@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import re
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
+from .claims import baseline_front, claims_markdown
 from .nni import nnictl, rest
+from .summary import ARM_ORDER, aggregate, arm_key as _arm_key, is_search as _is_search, number as _num  # noqa: F401 (ARM_ORDER: re-exported)
 
 __all__ = ["COLUMNS", "rows_from_rest", "rows_from_trials", "read_experiment", "aggregate", "add_training_compute",
            "write_csv",
@@ -44,9 +45,6 @@ logger = logging.getLogger(__name__)
 COLUMNS = ["arm", "method", "seed", "step", "params", "flops", "params_ratio", "flops_ratio", "accuracy",
            "val_accuracy", "epochs", "wall_time", "mac_epochs", "total_mac_epochs", "experiment_id", "trial_id",
            "status", "widths"]
-ARM_ORDER = ["splitting", "l1", "slim", "fpgm", "taylor", "bn_slim", "random_split", "new_neurons", "scratch",
-             "l1_scratch", "slim_scratch", "fpgm_scratch", "taylor_scratch", "bn_slim_scratch", "uniform", "width",
-             "full"]
 
 
 def rows_from_trials(trials: Iterable[Dict[str, Any]], experiment_id: str) -> List[Dict[str, Any]]:
@@ -125,32 +123,6 @@ def read_experiment(experiment_id: str, port: Optional[int] = None, workdir: Opt
         nnictl.stop(experiment_id)
 
 
-def _num(value) -> Optional[float]:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _mean_std(values: List[float]):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
-
-
-def _arm_key(arm: str):
-    return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm)
-
-
-def _is_search(row: Dict[str, Any]) -> bool:
-    """A width-search sample (HPO or ``nni.nas``): each one is its own point, not a step of a lineage."""
-    return row.get("method") == "width_search" or row.get("arm") == "width"
-
-
 def add_training_compute(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Fill ``mac_epochs`` where a trial did not report it (FLOPs x its own epochs) and ``total_mac_epochs``.
 
@@ -192,25 +164,6 @@ def add_training_compute(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         base = own(parent, 0.0) if parent is not None else 0.0
         row["total_mac_epochs"] = None if row["mac_epochs"] is None or base is None else base + row["mac_epochs"]
     return rows
-
-
-def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Mean and standard deviation over seeds per (arm, step) (width search: per trial)."""
-    groups: Dict[tuple, List[dict]] = defaultdict(list)
-    for row in rows:
-        if _num(row.get("accuracy")) is None:
-            continue
-        key = (row["arm"], row["trial_id"]) if _is_search(row) else (row["arm"], row["step"])
-        groups[key].append(row)
-    out = []
-    for (arm, step), members in groups.items():
-        summary = {"arm": arm, "method": members[0].get("method"), "step": step, "n": len(members)}
-        for column in ("accuracy", "params_ratio", "params", "flops", "epochs", "wall_time", "val_accuracy",
-                       "total_mac_epochs"):
-            summary[column], summary[column + "_std"] = _mean_std([_num(m.get(column)) for m in members])
-        out.append(summary)
-    out.sort(key=lambda s: (_arm_key(s["arm"]), s["params_ratio"] or 0))
-    return out
 
 
 def read_csv(path) -> List[Dict[str, Any]]:
@@ -281,11 +234,16 @@ def write_markdown(rows: List[Dict[str, Any]], path, title: str = "") -> Path:
     path = Path(path)
     ids = sorted({r["experiment_id"] for r in rows})
     searches = search_summary(rows)
+    verdicts = claims_markdown(rows)
     text = (f"# Comparison{': ' + title if title else ''}\n\nExperiments: {', '.join(ids)}; "
             f"{len(rows)} trials. Test accuracy, mean ± standard deviation over seeds (n).\n\n"
             f"{markdown_summary(rows)}\n"
             + (f"\nWidth searches: the sample picked by validation accuracy (what a user of the search would "
-               f"keep) and the search's cost in training epochs.\n\n{searches}\n" if searches else ""))
+               f"keep) and the search's cost in training epochs.\n\n{searches}\n" if searches else "")
+            + (f"\nClaims (nni_splitting.claims): a growth configuration wins at a size when it is >= 1 point above "
+               f"every baseline within 10 % of its parameters (pruners, plain networks, width searches) and not "
+               f"below the baselines' accuracy-vs-FLOPs front at its FLOPs; a grown architecture from scratch "
+               f"when it is >= the best plain network at equal parameters.\n\n{verdicts}\n" if verdicts else ""))
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -317,6 +275,10 @@ def plot(rows: List[Dict[str, Any]], path, title: str = "") -> Path:
         trained = [(s["total_mac_epochs"] / 1e9, a, e) for s, a, e in zip(points, acc, err) if s["total_mac_epochs"]]
         if trained:
             axes[2].errorbar(*zip(*[(x, a) for x, a, _ in trained]), yerr=[e for _, _, e in trained], **style)
+    front = baseline_front(rows, summary)
+    if len(front) > 1:
+        axes[1].plot([f / 1e6 for f, _ in front], [100 * a for _, a in front], color="gray", ls=":", lw=2,
+                     label="baselines' front", zorder=1)
     axes[0].set_xlabel("parameters (% of the full-width model)")
     axes[1].set_xlabel("MFLOPs (multiply-adds)")
     axes[2].set_xlabel("training compute behind the network (G MAC-epochs)")
