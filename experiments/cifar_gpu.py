@@ -1,4 +1,4 @@
-"""The converged CIFAR-10 protocol on one GPU, in one process (issue 11, budget b): all 50,000 images.
+"""The converged CIFAR-10 protocol on one GPU, in one process (issues 11 and 25): all 50,000 images.
 
     python experiments/cifar_gpu.py --data-dir data/cifar10 --out results/cifar_gpu
 
@@ -6,15 +6,19 @@ Sized for one H200 in under 10 minutes with the defaults (bf16 autocast + TF32, 
 whole data set and the crop+flip augmentation on the device, no DataLoader workers).  What it runs,
 for one seed (``--seed``):
 
-* ``full``: the CIFAR MobileNetV1 at ``--full-width`` trained one round (``--epochs``, step schedule
-  x0.1 at 50 % and 75 %, SGD lr 0.1, momentum 0.9, wd 1e-4, batch ``--batch-size``);
-* ``splitting``: the seed (``--seed-width`` channels in each of the 14 layers, the official shape)
-  trained one round, then ``--rounds`` times: splitting matrices from ``--split-samples`` training
-  images, the lowest ``--fraction`` of all neurons by splitting index split (the official rule),
-  epsilon ``--epsilon``, and a fresh round of training;
-* at every growth step: ``scratch_round`` (the found architecture from scratch, one round),
-  ``uniform_round`` (a uniform width multiplier at the same parameters, one round) and ``l1`` (NNI's
-  L1-norm pruner on the full model at the same parameter ratio, then ``--finetune-epochs``).
+* ``full``: the strong full model (``--model``, default ``mobilenet_cifar``: MobileNetV1's first six
+  depthwise-separable blocks, at ``--full-width`` 0.75) trained one round (``--epochs``, step
+  schedule x0.1 at 50 % and 75 %, SGD lr 0.1, momentum 0.9, wd 1e-4, batch ``--batch-size``);
+* ``splitting``: the seed (the full model's own shape at ``--seed-multiplier`` of its default widths;
+  ``--seed-width N``: N channels in every layer instead) trained one round, then ``--rounds`` times:
+  splitting matrices from ``--split-samples`` training images, the lowest ``--fraction`` of all
+  neurons by splitting index split (the official rule), epsilon ``--epsilon``, and a fresh round;
+* at every growth step, the baselines a user would run instead (``--arms``), each at the grown
+  network's parameter count: ``scratch_round`` (the found architecture from scratch, one round),
+  ``uniform_round`` (the full model's family at a uniform width multiplier, one round),
+  ``plain_equal_width`` (the equal-width 14-layer MobileNetV1 widened) and ``plain_resnet20``
+  (ResNet-20 at a uniform width multiplier), one round each, and ``l1`` / ``fpgm`` / ``taylor``
+  (NNI's pruners on the full model at the same parameter ratio, then ``--finetune-epochs``).
 
 It writes ``results.csv`` in the columns of :data:`nni_splitting.report.COLUMNS` (so ``nni-splitting
 report`` tables and plots read it) and ``phases.csv``: per growth step, the splitting phase's seconds
@@ -45,7 +49,9 @@ from nni_splitting.report import COLUMNS
 from nni_splitting.training import Recipe, evaluate, fit
 
 logger = logging.getLogger("cifar_gpu")
-MODEL = "mobilenet_v1"
+#: the plain families beside the full model's own: arm -> (model, base widths or None for its defaults)
+PLAIN_FAMILIES = {"plain_equal_width": ("mobilenet_v1", [12] * 14), "plain_resnet20": ("resnet20", None)}
+PRUNERS = ("l1", "fpgm", "taylor")
 
 
 class DeviceLoader:
@@ -96,7 +102,9 @@ def train_round(model: nn.Module, loaders, recipe: Recipe, device: torch.device,
 def _row(arm: str, step: int, model: nn.Module, dummy: torch.Tensor, reference: Tuple[int, int], test: float,
          val: float, epochs: int, wall: float, seed: int) -> Dict[str, object]:
     flops, params = count_model(copy.deepcopy(model).float().cpu().eval(), dummy)
-    return {"arm": arm, "method": arm, "seed": seed, "step": step, "params": params, "flops": flops,
+    method = {"splitting": "splitting", "full": "full", "scratch_round": "retrain"}.get(
+        arm, "pruning" if arm in PRUNERS else "width")  # the families of nni_splitting.claims
+    return {"arm": arm, "method": method, "seed": seed, "step": step, "params": params, "flops": flops,
             "params_ratio": params / reference[1], "flops_ratio": flops / reference[0], "accuracy": test,
             "val_accuracy": val, "epochs": epochs, "wall_time": wall, "experiment_id": "cifar_gpu",
             "trial_id": f"{arm}-s{step}", "status": "SUCCEEDED",
@@ -119,8 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-class", type=int, default=None, help="training images per class (default: all 4,900)")
     p.add_argument("--val-fraction", type=float, default=0.02)
-    p.add_argument("--full-width", type=float, default=1.0, help="width multiplier of the full MobileNetV1")
-    p.add_argument("--seed-width", type=int, default=32, help="channels of every layer of the seed (official: 32)")
+    p.add_argument("--model", default="mobilenet_cifar", help="family of the full model and of the seed")
+    p.add_argument("--full-width", type=float, default=0.75, help="width multiplier of the full model")
+    p.add_argument("--seed-multiplier", type=float, default=0.125, help="the seed: the full model's shape at this "
+                   "multiplier of the family's default widths")
+    p.add_argument("--seed-width", type=int, default=None, help="instead: channels of every layer of the seed "
+                   "(the official equal-width seed: 32 with --model mobilenet_v1)")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--epochs", type=int, default=30, help="epochs of one round")
     p.add_argument("--finetune-epochs", type=int, default=15)
@@ -130,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilon", type=float, default=0.01)
     p.add_argument("--split-samples", type=int, default=10000)
     p.add_argument("--method", default="auto", help="compute_splitting method (exact, fast, auto)")
-    p.add_argument("--arms", default="scratch,uniform,l1", help="baselines at every growth step (comma list)")
+    p.add_argument("--arms", default="scratch,uniform,plain_equal_width,plain_resnet20,l1,fpgm,taylor",
+                   help="baselines at every growth step (comma list)")
     return p
 
 
@@ -160,6 +173,8 @@ def main(argv=None) -> int:
                "val": DeviceLoader(*tensors["val"], 1024, shuffle=False),
                "test": DeviceLoader(*tensors["test"], 1024, shuffle=False)}
     split_batches = DeviceLoader(*tensors["train"], 500, shuffle=False, limit=args.split_samples)
+    # Taylor's scores train on the CPU copy of the full model that the pruners take
+    pruning_batches = DeviceLoader(*getattr(data, "train").tensors, args.batch_size, shuffle=True)
     dummy = torch.zeros(1, *data.input_shape)
     recipe = Recipe(epochs=args.epochs, lr=args.lr, momentum=0.9, weight_decay=1e-4, schedule="step",
                     milestones=(0.5, 0.75))
@@ -167,8 +182,9 @@ def main(argv=None) -> int:
     logger.info("data on %s: %d train / %d val / %d test, %.1f s", device, len(data.train), len(data.val),
                 len(data.test), time.time() - started)
     arms = [a for a in args.arms.split(",") if a]
-    full_widths = scale_widths(MODEL, args.full_width)
-    reference = count_model(build_model(MODEL, widths=full_widths).eval(), dummy)
+    model_name = args.model
+    full_widths = scale_widths(model_name, args.full_width)
+    reference = count_model(build_model(model_name, widths=full_widths).eval(), dummy)
     rows: List[dict] = []
     phases: List[dict] = []
 
@@ -179,13 +195,15 @@ def main(argv=None) -> int:
         _write(rows, out / "results.csv", COLUMNS)
 
     torch.manual_seed(args.seed)
-    full = build_model(MODEL, widths=full_widths)
+    full = build_model(model_name, widths=full_widths)
     t0 = time.time()
     val, test, _ = train_round(full, loaders, recipe, device, args.precision, args.seed)
     record(_row("full", 0, full, dummy, reference, test, val, args.epochs, time.time() - t0, args.seed))
 
     torch.manual_seed(args.seed)
-    model = build_model(MODEL, widths=[args.seed_width] * len(full_widths))
+    seed_widths = ([args.seed_width] * len(full_widths) if args.seed_width else
+                   scale_widths(model_name, args.seed_multiplier))
+    model = build_model(model_name, widths=seed_widths)
     epochs, wall = 0, 0.0
     for step in range(args.rounds + 1):
         if step:
@@ -210,22 +228,24 @@ def main(argv=None) -> int:
         if "scratch" in arms:
             t0 = time.time()
             torch.manual_seed(args.seed)
-            scratch = build_model(MODEL, widths=current_widths(model))
+            scratch = build_model(model_name, widths=current_widths(model))
             val, test, _ = train_round(scratch, loaders, recipe, device, args.precision, args.seed)
             record(_row("scratch_round", step, scratch, dummy, reference, test, val, args.epochs, time.time() - t0,
                         args.seed))
-        if "uniform" in arms:
+        plains = {"uniform_round": (model_name, full_widths)} if "uniform" in arms else {}
+        plains.update({arm: family for arm, family in PLAIN_FAMILIES.items() if arm in arms})
+        for arm, (family, base) in plains.items():
             t0 = time.time()
             torch.manual_seed(args.seed)
-            uniform, _ = uniform_width_model(MODEL, int(grown), dummy)
-            val, test, _ = train_round(uniform, loaders, recipe, device, args.precision, args.seed)
-            record(_row("uniform_round", step, uniform, dummy, reference, test, val, args.epochs, time.time() - t0,
-                        args.seed))
-        if "l1" in arms and grown < reference[1]:
+            plain, _ = uniform_width_model(family, int(grown), dummy, base_widths=base)
+            val, test, _ = train_round(plain, loaders, recipe, device, args.precision, args.seed)
+            record(_row(arm, step, plain, dummy, reference, test, val, args.epochs, time.time() - t0, args.seed))
+        for pruner in (p for p in PRUNERS if p in arms and grown < reference[1]):
             t0 = time.time()
-            pruned, _ = prune_to_ratio(copy.deepcopy(full).float().cpu(), "l1", grown / reference[1], dummy)
+            pruned, _ = prune_to_ratio(copy.deepcopy(full).float().cpu(), pruner, grown / reference[1], dummy,
+                                       evaluator=pruning_batches, training_steps=50, lr=0.01, seed=args.seed)
             val, test, _ = train_round(pruned, loaders, finetune, device, args.precision, args.seed)
-            record(_row("l1", step, pruned, dummy, reference, test, val, args.epochs + args.finetune_epochs,
+            record(_row(pruner, step, pruned, dummy, reference, test, val, args.epochs + args.finetune_epochs,
                         time.time() - t0, args.seed))
     logger.info("done in %.0f s: %s", time.time() - started, out / "results.csv")
     return 0
