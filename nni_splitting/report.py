@@ -221,13 +221,15 @@ def search_summary(rows: List[Dict[str, Any]]) -> str:
             continue
         best = max(trained, key=lambda r: (_num(r["val_accuracy"]), -(_num(r.get("params")) or 0)))
         epochs = sum(_num(r.get("epochs")) or 0 for r in samples)
-        lines.append(f"| {arm} | {len(samples)} | {len(trained)} | {epochs:.0f} | {best['trial_id']} | "
+        cost = sum(_num(r.get("mac_epochs")) or 0 for r in samples)
+        lines.append(f"| {arm} | {len(samples)} | {len(trained)} | {epochs:.0f} | {cost / 1e9:.2f} | {best['trial_id']} | "
                      f"{100 * _num(best['params_ratio']):.2f} | {100 * _num(best['val_accuracy']):.2f} | "
                      f"{100 * _num(best['accuracy']):.2f} |")
     if not lines:
         return ""
-    return "\n".join(["| search | samples | trained | epochs (all samples) | picked (best val.) | params ratio (%) "
-                      "| val. acc. (%) | test acc. (%) |", "|---|---|---|---|---|---|---|---|", *lines])
+    return "\n".join(["| search | samples | trained | epochs (all samples) | search cost (G MAC-epochs) | "
+                      "picked (best val.) | params ratio (%) | val. acc. (%) | test acc. (%) |",
+                      "|---|---|---|---|---|---|---|---|---|", *lines])
 
 
 def write_markdown(rows: List[Dict[str, Any]], path, title: str = "") -> Path:

@@ -125,3 +125,28 @@ def test_claims_need_both_axes():
     assert architecture["claim"] == "architecture" and architecture["best_baseline"] == "plain_mobilenet_cifar"
     assert architecture["wins"] is False
     assert "| growth | firefly | 1 | 3 |" in claims_markdown(rows)
+
+
+def test_width_search_in_the_strong_family_samples_under_the_budget(tmp_path):
+    """The TPE config's trial command, resolved as a trial would: a sample over 10 % of the strong model is
+    not trained; one under it is the strong family at the sampled per-layer widths."""
+    import shlex
+
+    from nni_splitting import experiment as ex
+    from nni_splitting.arms import resolve_arm_params
+    from nni_splitting.baselines import load_search_space, widths_from_params
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    config = ex.load_config(root / "experiments" / "cifar_strong_width_search.yml")
+    space = load_search_space("mobilenet_cifar")
+    assert len(space) == 7 and config["tuner"]["name"] == "TPE"
+    overrides = json.loads(shlex.split(config["trialCommand"])[-1])
+    assert overrides["max_params_ratio"] == 0.10 and overrides["full_width_multiplier"] == 0.75
+    large = resolve_arm_params({f"mult_{i}": 0.75 for i in range(7)}, dict(overrides, dataset="digits"))
+    assert widths_from_params("mobilenet_cifar", large) == [24, 48, 96, 96, 192, 192, 384]
+    small = resolve_arm_params({f"mult_{i}": 0.0625 for i in range(7)}, dict(overrides, dataset="digits"))
+    assert widths_from_params("mobilenet_cifar", small) == [2, 4, 8, 8, 16, 16, 32]
+    over = run_arm(dict(large, epochs=1), tmp_path / "over")
+    assert over["over_budget"] == 1 and over["default"] == 0 and over["epochs"] == 0
+    under = run_arm(dict(small, epochs=1), tmp_path / "under")
+    assert "over_budget" not in under and under["params_ratio"] <= 0.10 and under["arm"] == "hpo_tpe_10"

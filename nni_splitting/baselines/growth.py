@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 NEW_NEURON_INITS = ("match", "kaiming", "default")
 OUTGOING = ("zero", "random")
 WIDTH_CHOICES = (0.0625, 0.125, 0.25, 0.5, 0.75, 1.0)  # 1/16: down to the ultra-small models splitting grows
-SEARCH_SPACE_MODELS = ("small_cnn", "mobilenet_v1", "vgg19_bn")
+SEARCH_SPACE_MODELS = ("small_cnn", "mobilenet_v1", "mobilenet_cifar", "vgg19_bn")
 #: ``search_spaces/`` shipped as package data (nni_splitting/search_spaces/).
 SEARCH_SPACE_DIR = Path(__file__).resolve().parents[1] / "search_spaces"  # package data
 
