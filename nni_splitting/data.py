@@ -15,6 +15,9 @@ Accepted layouts:
 * ``"mnist"`` / ``"fashion_mnist"``: torchvision's raw IDX files
   (``.gz`` or not) in ``data_dir/MNIST/raw`` (``FashionMNIST/raw``),
   ``data_dir/raw`` or ``data_dir`` itself.
+* the user's own data: an importable factory ``"package.module:function"``
+  called with ``dataset_args`` that returns ``(train, val, test)`` datasets of
+  ``(input tensor, int label)`` pairs (:func:`splits_from_factory`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .data_files import (MNIST_FILES, find_cifar_pickles, find_idx_files, image_fetcher, image_folder_files,
                          read_cifar_pickle, read_idx)
+from .importing import import_callable, is_import_path
 
 __all__ = [
     "DATASETS",
@@ -37,6 +41,7 @@ __all__ = [
     "CIFAR10_STD",
     "DatasetSplits",
     "load_dataset",
+    "splits_from_factory",
     "make_loaders",
     "dummy_input",
     "read_idx",
@@ -269,15 +274,51 @@ def _load_mnist(name: str, data_dir, **split_args) -> DatasetSplits:
 # Public API
 
 
+def splits_from_factory(path: str, dataset_args=None) -> DatasetSplits:
+    """The user's data: ``path`` names a factory returning ``(train, val, test)`` torch datasets whose items
+    are ``(input tensor, label)``; the classes are counted from the labels of all three splits.
+
+    Raises ``ValueError`` saying what the factory returned when it is not that.
+    """
+    factory = import_callable(path, "dataset")
+    try:
+        parts = factory(**dict(dataset_args or {}))
+    except Exception as error:
+        raise ValueError(f"dataset {path!r} failed with dataset_args {dict(dataset_args or {})}: "
+                         f"{type(error).__name__}: {error}") from error
+    if isinstance(parts, DatasetSplits):
+        return parts
+    if not isinstance(parts, (tuple, list)) or len(parts) != 3:
+        raise ValueError(f"dataset {path!r} must return (train, val, test) datasets, got {type(parts).__name__}")
+    labels = []
+    for split, part in zip(("train", "val", "test"), parts):
+        try:
+            size = len(part)
+            first = part[0]
+        except Exception as error:
+            raise ValueError(f"dataset {path!r}: its {split} split is not a sized dataset of (input, label) pairs "
+                             f"({type(error).__name__}: {error})") from error
+        if size == 0 or not isinstance(first, (tuple, list)) or len(first) != 2 or not isinstance(first[0], torch.Tensor):
+            raise ValueError(f"dataset {path!r}: its {split} split must hold (input tensor, label) pairs, "
+                             f"got {type(first).__name__} items ({size} of them)")
+        labels.append(part.tensors[1] if isinstance(part, TensorDataset) else
+                      torch.as_tensor([int(part[i][1]) for i in range(size)]))
+    shape = tuple(parts[0][0][0].shape)
+    num_classes = int(max(int(split_labels.max()) for split_labels in labels)) + 1
+    return DatasetSplits(parts[0], parts[1], parts[2], num_classes, shape[0] if len(shape) > 1 else 1, shape)
+
+
 def load_dataset(name: str, data_dir=None, val_fraction: float = 0.1, per_class=None,
-                 seed: int = 0, test_per_class=None, val_per_class=None) -> DatasetSplits:
+                 seed: int = 0, test_per_class=None, val_per_class=None, dataset_args=None) -> DatasetSplits:
     """Load a data set into normalised in-memory train / val / test splits.
 
     Parameters
     ----------
     name : str
         One of :data:`DATASETS`: ``"digits"``, ``"cifar10"``, ``"mnist"``,
-        ``"fashion_mnist"``.
+        ``"fashion_mnist"``; or an importable factory ``"package.module:function"``
+        (:func:`splits_from_factory`, called with ``dataset_args``; the split
+        arguments below do not apply to it).
     data_dir : str or pathlib.Path, optional
         Where the files are (see the module docstring); ignored for ``"digits"``.
     val_fraction : float, optional
@@ -307,6 +348,8 @@ def load_dataset(name: str, data_dir=None, val_fraction: float = 0.1, per_class=
         If the files of ``name`` are not found in ``data_dir``; the message
         says which layout is expected.
     """
+    if is_import_path(name):
+        return splits_from_factory(name, dataset_args)
     key = name.lower().replace("-", "_") if isinstance(name, str) else None
     if key == "fashionmnist":
         key = "fashion_mnist"
