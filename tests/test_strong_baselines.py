@@ -150,3 +150,19 @@ def test_width_search_in_the_strong_family_samples_under_the_budget(tmp_path):
     assert over["over_budget"] == 1 and over["default"] == 0 and over["epochs"] == 0
     under = run_arm(dict(small, epochs=1), tmp_path / "under")
     assert "over_budget" not in under and under["params_ratio"] <= 0.10 and under["arm"] == "hpo_tpe_10"
+
+
+@pytest.mark.parametrize("name", ["cifar_strong.yml", "cifar_strong_seeds.yml"])
+def test_strong_comparison_configs_build_the_tuner(name):
+    from nni_splitting import experiment as ex
+
+    config = ex.load_config(__import__("pathlib").Path(__file__).resolve().parent.parent / "experiments" / name)
+    args = config["tuner"]["classArgs"]
+    CompareClassArgsValidator().validate_class_args(**args)
+    tuner = CompareTuner(**args)
+    tuner.end_hook = None
+    assert args["model"] == "mobilenet_cifar" and args["trial"]["full_width_multiplier"] == 0.75
+    assert {f["label"] for f in args["plain_families"]} == {"plain_mobilenet_cifar", "plain_equal_width", "plain_resnet20"}
+    assert sorted(tuner.pruners) == ["fpgm", "l1", "taylor"]
+    seeds = sorted(int(entry.get("seed", args["trial"]["seed"])) for entry in args["lineage_settings"])
+    assert seeds == ([0] if name == "cifar_strong.yml" else [1, 2])
