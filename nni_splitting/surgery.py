@@ -17,6 +17,7 @@ import math
 import numbers
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -30,17 +31,29 @@ logger = logging.getLogger(__name__)
 
 
 def validate_plan(splits: Mapping[str, LayerSplitting], plan: Mapping[str, Sequence[int]]) -> Dict[str, List[int]]:
-    """Check a plan against splitting results; return it with sorted int indices (empty layers dropped)."""
+    """Check a plan against splitting results; return it with sorted int indices (empty layers dropped).
+
+    A plan is a mapping ``{layer: indices}``; the indices of a layer may be a list, tuple, range,
+    1-D integer tensor or 1-D integer NumPy array.  Anything else is a ``ValueError`` quoting it.
+    """
+    if not isinstance(plan, Mapping):
+        raise ValueError(f"the split plan must be a mapping {{layer name: [neuron indices]}}, "
+                         f"got {type(plan).__name__}: {plan!r}")
     clean: Dict[str, List[int]] = {}
     for layer, indices in plan.items():
         if layer not in splits:
             raise ValueError(f"unknown layer {layer!r} in the split plan; layers with splitting results: {sorted(splits)}")
         size = splits[layer].num_neurons
+        if isinstance(indices, np.ndarray):  # like a tensor: integer entries only (a float or bool array is refused)
+            if indices.ndim > 1 or indices.dtype == np.bool_ or not np.issubdtype(indices.dtype, np.integer):
+                raise ValueError(f"the plan of layer {layer!r} is a {indices.ndim}-D {indices.dtype} array "
+                                 f"{indices!r}: expected a 1-D array of integer neuron indices")
+            indices = [int(i) for i in indices.reshape(-1)]
         if isinstance(indices, (str, bytes)) or not isinstance(indices, (list, tuple, range, torch.Tensor)):
             raise ValueError(f"the plan of layer {layer!r} is {indices!r}: expected a list of neuron indices")
         values = []
         for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices):
-            if isinstance(i, bool) or not isinstance(i, (numbers.Integral, torch.Tensor)) or (
+            if isinstance(i, (bool, np.bool_)) or not isinstance(i, (numbers.Integral, torch.Tensor)) or (
                     isinstance(i, torch.Tensor) and (i.numel() != 1 or i.is_floating_point() or i.dtype == torch.bool)):
                 raise ValueError(f"neuron index {i!r} of layer {layer!r} is not an integer")
             values.append(int(i))
