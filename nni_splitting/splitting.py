@@ -112,9 +112,16 @@ def save_splits(splits: Dict[str, LayerSplitting], path: Union[str, Path]) -> No
 
 
 def load_splits(path: Union[str, Path]) -> Dict[str, LayerSplitting]:
-    """Load what :func:`save_splits` wrote."""
-    states = torch.load(str(path), map_location="cpu", weights_only=True)
-    return {name: LayerSplitting.from_state_dict(state) for name, state in states.items()}
+    """Load what :func:`save_splits` wrote; a missing, truncated or foreign file is a
+    :class:`~nni_splitting.checkpoint.CheckpointError` (a ``ValueError``) naming the file."""
+    from .checkpoint import CheckpointError  # deferred: checkpoint imports the models, not needed here otherwise
+
+    try:
+        states = torch.load(str(path), map_location="cpu", weights_only=True)
+        return {name: LayerSplitting.from_state_dict(state) for name, state in states.items()}
+    except Exception as error:  # no file, truncated zip, pickle garbage, a foreign dict: all the same to the user
+        raise CheckpointError(f"splits file {str(path)!r} is unreadable (missing, truncated or not a splits file): "
+                              f"{type(error).__name__}: {error}") from error
 
 
 def recording_module(graph_module: fx.GraphModule, keep: set) -> fx.GraphModule:

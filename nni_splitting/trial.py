@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from .counting import count_model, neuron_costs
 from .defaults import EPSILON, METHOD
 from .data import DATASETS, dummy_input, load_dataset, make_loaders
@@ -232,7 +232,12 @@ def build_network(params: Dict[str, Any], data) -> nn.Module:
     parent, state = load_checkpoint(params["parent_checkpoint"])
     plan = {k: [int(i) for i in v] for k, v in (params["split_plan"] or {}).items()}
     if params["growth_strategy"] == "firefly":  # candidate j < n: split neuron j; n + k: new neuron k
-        model = apply_firefly(parent, load_firefly(params["parent_splits"]), plan)
+        try:
+            candidates = load_firefly(params["parent_splits"])
+        except Exception as error:  # truncated or foreign: a named error, like a checkpoint's
+            raise CheckpointError(f"splits file {params['parent_splits']!r} is unreadable (truncated or not a "
+                                  f"Firefly file): {type(error).__name__}: {error}") from error
+        model = apply_firefly(parent, candidates, plan)
         return _check_grown(model, params, state)
     splits = load_splits(params["parent_splits"])
     if params["growth_strategy"] == "s3d":  # each neuron by its best scheme (positive or signed; 2 or 3 copies)
@@ -369,6 +374,7 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
         "splits": str(splits_path) if splits is not None else "", "splitting_error": error,
         "added_per_split": signed_copies - 1,
         "checkpoint_sha256": checkpoint_sha256,
+        "splits_sha256": file_sha256(splits_path) if splits is not None else "",
     }
     atomic_write_json(index_path, info)
     result = {
@@ -443,7 +449,7 @@ def _main(args, received: Dict[str, Any]) -> int:
         print(f"nni_splitting.trial: {error}", file=sys.stderr)
         _logger.error("%s", error)
         return 3
-    except CheckpointError as error:  # a truncated or foreign parent checkpoint: the tuner falls back
+    except CheckpointError as error:  # a truncated or foreign parent checkpoint or splits file: the tuner falls back
         print(f"nni_splitting.trial: {error}", file=sys.stderr)
         _logger.error("%s", error)
         return 4
