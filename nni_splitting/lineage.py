@@ -16,9 +16,12 @@ import secrets
 import enum
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
 
-from .selection import halve_plan, rank_plan, split_count, trim_plan
+from .selection import halve_plan, rank_plan, select_lowest_fraction, select_neurons, split_count, trim_plan
+
+if TYPE_CHECKING:  # the scheduler calls a Policy; the Policy only names it
+    from .scheduler import Scheduler
 
 __all__ = [
     "Node",
@@ -39,6 +42,12 @@ __all__ = [
     "trim_plan",
     "halve_plan",
     "lineage_tips",
+    "lineage_entry",
+    "Policy",
+    "choose_plan",
+    "lineage_costs",
+    "trial_params",
+    "import_node",
 ]
 
 #: Keys accepted in a budget: absolute NNI-counted totals or ratios against the full-size reference.
@@ -104,6 +113,9 @@ class Node:
         Growth step of a lineage, or a comparison arm (``lineage`` is then the seed it belongs to).
     deadline : float, optional
         Time (the scheduler's clock) after which a running node without a result is given up.
+    note : str
+        Why a node that had succeeded was set aside (``FAILED``): its checkpoint or splits file
+        does not verify against the SHA-256 in its ``splitting.json``.
     """
 
     node_id: str
@@ -119,6 +131,7 @@ class Node:
     recovered: bool = False
     kind: NodeKind = NodeKind.GROWTH
     deadline: Optional[float] = None
+    note: str = ""
 
     def to_dict(self) -> dict:
         """JSON-serialisable copy (without the bulky ``info``)."""
@@ -245,3 +258,106 @@ def lineage_tips(nodes: Mapping[str, Node]) -> Dict[int, Node]:
         if best is None or (node.step, node.attempt) > (best.step, best.attempt):
             tips[node.lineage] = node
     return tips
+
+
+def lineage_entry(args, lineage: int) -> dict:
+    """The ``lineage_settings`` entry of ``lineage`` (a copy; {} when none)."""
+    entries = getattr(args, "lineage_settings", None) or []
+    return dict(entries[lineage]) if lineage < len(entries) else {}
+
+
+class Policy:
+    """What the scheduler does besides growing lineages; the default does nothing more.
+
+    Called by the scheduler (with its state up to date): :meth:`start` once before the seeds are
+    handed out, :meth:`growth_params` for every growth node's parameters, :meth:`step_succeeded`
+    when a growth node reported (after its child was queued), :meth:`lineage_stopped` when a lineage
+    stops, :meth:`arm_ended` when an arm node succeeded or failed.
+    """
+
+    def start(self, scheduler: "Scheduler") -> None:
+        """Queue nodes that run beside the lineages from the start."""
+
+    def growth_params(self, node: Node, parent: Optional[Node]) -> dict:
+        """Extra trial parameters of a growth node."""
+        return {}
+
+    def step_succeeded(self, scheduler: "Scheduler", node: Node) -> None:
+        """A growth node (one step of a lineage) reported its result."""
+
+    def lineage_stopped(self, scheduler: "Scheduler", lineage: int) -> None:
+        """A lineage stopped (``scheduler.stopped[lineage]`` says why)."""
+
+    def arm_ended(self, scheduler: "Scheduler", node: Node) -> None:
+        """An arm node succeeded or failed (``node.status``)."""
+
+
+def lineage_costs(args, info: Mapping, lineage: int = 0) -> Optional[dict]:
+    """Per-neuron costs ranking the plans of ``lineage`` (its ``cost`` setting), None for ``"none"``."""
+    cost = lineage_entry(args, lineage).get("cost", args.cost)
+    if cost == "none":
+        return None
+    return info.get("costs", {}).get(cost) or None
+
+
+def choose_plan(args, info: Mapping, lineage: int = 0) -> Plan:
+    """The plan of a succeeded node's child: ``m*`` of Algorithm 1, the most negative ``lambda_min``
+    below ``lambda*`` (``threshold``), or the lowest ones (``selection="lowest_fraction"``)."""
+    m = split_count(info["widths"], args.grow_ratio, args.max_splits)
+    per_split = int(info.get("added_per_split", 1))  # three-copy splits add two neurons: grow_ratio counts added ones
+    if per_split > 1 and args.max_splits is None:
+        m = max(1, -(-m // per_split))
+    eigenvalues = {k: v for k, v in info["eigenvalues"].items() if k in set(info["width_layers"])}
+    selection = lineage_entry(args, lineage).get("selection", getattr(args, "selection", "negative"))
+    if selection == "lowest_fraction":
+        return clean_plan(select_lowest_fraction(eigenvalues, max_splits=m, max_per_layer=args.max_per_layer))
+    plan = select_neurons(eigenvalues, max_splits=m, threshold=args.threshold, max_per_layer=args.max_per_layer,
+                          costs=lineage_costs(args, info, lineage))
+    return clean_plan(plan)
+
+
+def trial_params(args, node: Node, widths, width_multiplier, plan: Plan, parent: Optional[Node]) -> dict:
+    """The trial parameters of a growth node: training settings (the lineage's own over ``trial``),
+    architecture, lineage keys and the parent's files (as the parent's trial reported them)."""
+    own = lineage_entry(args, node.lineage)
+    settings = dict(args.trial)
+    settings.setdefault("growth_strategy", getattr(args, "strategy", "s2d"))
+    settings.update({k: v for k, v in own.items() if k not in ("epsilon", "selection", "cost")})
+    settings["seed"] = int(settings.get("seed", 0)) + (0 if "seed" in own else node.lineage)
+    info = (parent.info or {}) if parent else {}
+    result = (parent.result or {}) if parent else {}
+    settings.update(
+        model=args.model, widths=widths, width_multiplier=width_multiplier,
+        node_id=node.node_id, lineage=node.lineage, step=node.step, attempt=node.attempt,
+        parent=parent.trial_id if parent else "", parent_node=parent.node_id if parent else "",
+        parent_checkpoint=result.get("checkpoint", info.get("checkpoint", "")) if parent else "",
+        parent_splits=result.get("splits", info.get("splits", "")) if parent else "",
+        split_plan=plan, n_split=plan_size(plan), epsilon=own.get("epsilon", args.epsilon),
+        split_method=args.method, storage_path=args.storage_path or "",
+    )
+    return settings
+
+
+def import_node(nodes: Dict[str, Node], entry: dict, known: Mapping[str, dict]) -> Optional[Node]:
+    """Record one finished trial of NNI's ``import_data`` in ``nodes`` (SUCCEEDED); the node, or None when
+    it was known as succeeded already or has no ``node_id``.  ``known``: parameters by node id."""
+    params, value = entry.get("parameter"), entry.get("value")
+    value = value if isinstance(value, dict) else {"default": value}
+    params = params if isinstance(params, dict) else {}
+    node_id = value.get("node") or params.get("node_id")
+    if not node_id:
+        logger.warning("import_data: skipping a trial without node_id: %s", entry)
+        return None
+    node = nodes.get(node_id)
+    if node is not None and node.status == NodeStatus.SUCCEEDED:
+        return None
+    if node is None:
+        params = known.get(node_id) or {"node_id": node_id, "lineage": value.get("lineage", 0),
+                                        "step": value.get("step", 0), "attempt": value.get("attempt", 0)}
+        node = Node(node_id, int(params.get("lineage", 0)), int(params.get("step", 0)),
+                    int(params.get("attempt", 0)), params.get("parent_node") or "", dict(params))
+        nodes[node_id] = node
+    node.trial_id = entry.get("trialJobId") or node.trial_id
+    node.result, node.status, node.deadline, node.note = value, NodeStatus.SUCCEEDED, None, ""
+    logger.info("imported %s (trial %s, lineage %d, step %d)", node.node_id, node.trial_id, node.lineage, node.step)
+    return node

@@ -17,6 +17,11 @@ Policies:
   a lineage stops at ``max_steps``, at a splitting-stable point or when the budget is reached;
 * **retry / fallback**: a failed node is retried ``retries`` times with the same parameters, then
   the lineage falls back to the parent with the better half of the plan, then stops;
+* **verified parents**: before a node is used as a parent (its child queued, retried or halved)
+  its files are checked (``check_files``: the SHA-256 of checkpoint and splits stored in
+  ``splitting.json``); a node that fails is set aside and the lineage falls back to the nearest
+  ancestor that verifies, at most ``retries + 1`` times per lineage.  A lineage that stops because
+  of failures or unusable files is listed in :attr:`Scheduler.ended_early` with the reason;
 * **recovery** (``nnictl resume``): a trial NNI re-runs gets a deadline; work it already finished
   on disk is adopted only when verified (``checkpoint_sha256`` in ``splitting.json``), anything
   else is retried;
@@ -30,8 +35,7 @@ from collections import deque
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from . import lineage as lin
-from .lineage import Node, NodeKind, NodeStatus
-from .selection import select_lowest_fraction, select_neurons
+from .lineage import Node, NodeKind, NodeStatus, Policy, lineage_entry  # (Policy, lineage_entry: re-exported)
 
 __all__ = ["Scheduler", "Policy", "lineage_entry", "RESULT_GRACE_S", "RESUME_TIMEOUT_S", "ENDED_STATES", "RERUN_STATES"]
 
@@ -49,38 +53,8 @@ RERUN_STATES = ("WAITING", "RUNNING", "ADD_RESUMED")
 
 Reader = Callable[[str], dict]
 Verifier = Callable[[Node, Optional[str]], Optional[dict]]
-
-
-def lineage_entry(args, lineage: int) -> dict:
-    """The ``lineage_settings`` entry of ``lineage`` (a copy; {} when none)."""
-    entries = getattr(args, "lineage_settings", None) or []
-    return dict(entries[lineage]) if lineage < len(entries) else {}
-
-
-class Policy:
-    """What the scheduler does besides growing lineages; the default does nothing more.
-
-    Called by the scheduler (with its state up to date): :meth:`start` once before the seeds are
-    handed out, :meth:`growth_params` for every growth node's parameters, :meth:`step_succeeded`
-    when a growth node reported (after its child was queued), :meth:`lineage_stopped` when a lineage
-    stops, :meth:`arm_ended` when an arm node succeeded or failed.
-    """
-
-    def start(self, scheduler: "Scheduler") -> None:
-        """Queue nodes that run beside the lineages from the start."""
-
-    def growth_params(self, node: Node, parent: Optional[Node]) -> dict:
-        """Extra trial parameters of a growth node."""
-        return {}
-
-    def step_succeeded(self, scheduler: "Scheduler", node: Node) -> None:
-        """A growth node (one step of a lineage) reported its result."""
-
-    def lineage_stopped(self, scheduler: "Scheduler", lineage: int) -> None:
-        """A lineage stopped (``scheduler.stopped[lineage]`` says why)."""
-
-    def arm_ended(self, scheduler: "Scheduler", node: Node) -> None:
-        """An arm node succeeded or failed (``node.status``)."""
+#: ``check_files(node, info) -> None``, or why ``node``'s files cannot be used as a parent.
+FileCheck = Callable[[Node, dict], Optional[str]]
 
 
 class Scheduler:
@@ -99,6 +73,9 @@ class Scheduler:
         ``counter(info) -> (plan -> totals or None)``: exact budget count of a child, or None.
     verify
         ``verify(node, trial_id) -> result or None``: finished, verified work of a node on disk.
+    check_files
+        ``check_files(node, info) -> None or why``: whether a succeeded node's files can be used as
+        a parent (default: always).
     policy
         A :class:`Policy`; default: growth only.
     result_grace_s, resume_timeout_s
@@ -108,17 +85,20 @@ class Scheduler:
     def __init__(self, args, limits: Mapping[str, float], read_index: Reader,
                  counter: Optional[Callable[[dict], Callable]] = None, verify: Optional[Verifier] = None,
                  policy: Optional[Policy] = None, result_grace_s: float = RESULT_GRACE_S,
-                 resume_timeout_s: float = RESUME_TIMEOUT_S):
+                 resume_timeout_s: float = RESUME_TIMEOUT_S, check_files: Optional[FileCheck] = None):
         self.args = args
         self.limits = dict(limits)
         self.read_index = read_index
         self.counter = counter
         self.verify = verify or (lambda node, trial_id: None)
+        self.check_files = check_files or (lambda node, info: None)
         self.policy = policy or Policy()
         self.result_grace_s = result_grace_s
         self.resume_timeout_s = resume_timeout_s
         self.nodes: Dict[str, Node] = {}
         self.stopped: Dict[int, str] = {}
+        self.ended_early: Dict[int, str] = {}     # lineages stopped by failures or unusable files, and why
+        self._fallbacks: Dict[int, int] = {}      # falls back past unusable files, per lineage
         self.started = False
         self.finished = False
         self._ready: deque = deque()
@@ -196,6 +176,7 @@ class Scheduler:
             self._supersede(node)
             # A late success of an older node of a lineage that has already moved on is kept, not grown.
             if lin.lineage_tips(self.nodes).get(node.lineage) is node and not self.busy(node.lineage):
+                self.ended_early.pop(node.lineage, None)
                 if self.stopped.pop(node.lineage, None):
                     logger.info("lineage %d continues from %s", node.lineage, node.node_id)
                 self._advance(node)
@@ -319,28 +300,35 @@ class Scheduler:
     def state(self) -> dict:
         """JSON-serialisable summary of all nodes and why each lineage stopped."""
         return {"finished": self.finished, "stopped": {str(k): v for k, v in self.stopped.items()},
+                "ended_early": {str(k): v for k, v in self.ended_early.items()},
                 "nodes": [n.to_dict() for n in self.nodes.values()], "args": self.args._asdict()}
 
     # ------------------------------------------------------------------ growth policy
 
-    def stop(self, lineage: int, reason: str) -> None:
-        """Stop growing ``lineage``."""
+    def stop(self, lineage: int, reason: str, early: bool = False) -> None:
+        """Stop growing ``lineage``; ``early``: because of failures (listed in :attr:`ended_early`)."""
         self.stopped[lineage] = reason
-        logger.info("lineage %d stops: %s", lineage, reason)
+        if early:
+            self.ended_early[lineage] = reason
+        else:
+            self.ended_early.pop(lineage, None)
+        (logger.warning if early else logger.info)("lineage %d stops%s: %s", lineage, " early" if early else "", reason)
         self.policy.lineage_stopped(self, lineage)
 
-    def _advance(self, parent: Node) -> None:
-        """Queue the child of a succeeded node, or stop its lineage."""
+    def _advance(self, parent: Node, verified: bool = False) -> None:
+        """Queue the child of a succeeded node (after checking its files, unless ``verified``), or stop its lineage."""
         lineage, args = parent.lineage, self.args
         if parent.step >= args.max_steps:
             return self.stop(lineage, f"max_steps={args.max_steps} reached")
         try:
             info = self._info(parent)
         except (OSError, ValueError, KeyError) as error:
-            return self.stop(lineage, f"cannot read the splitting indexes of {parent.node_id}: {error}")
+            return self.stop(lineage, f"cannot read the splitting indexes of {parent.node_id}: {error}", early=True)
         if info.get("splitting_error"):
             return self.stop(lineage, f"{parent.node_id} could not compute splitting indexes: "
-                                      f"{info['splitting_error']}")
+                                      f"{info['splitting_error']}", early=True)
+        if not verified and self._verified_parent(parent) is not parent:
+            return
         plan = self._select(info, lineage)
         if not plan:
             low = min((min(v) for v in info["eigenvalues"].values() if len(v)), default=float("nan"))
@@ -357,29 +345,11 @@ class Scheduler:
                 return self.stop(lineage, f"budget {self.limits}: no neuron fits")
         self.add(self._child(parent, plan))
 
-    def _lineage_settings(self, lineage: int) -> dict:
-        return lineage_entry(self.args, lineage)
-
     def _select(self, info: dict, lineage: int = 0) -> dict:
-        # m* of Algorithm 1: split the m most negative lambda_min below lambda* (threshold)
-        m = lin.split_count(info["widths"], self.args.grow_ratio, self.args.max_splits)
-        per_split = int(info.get("added_per_split", 1))  # three-copy splits add two neurons: grow_ratio counts added ones
-        if per_split > 1 and self.args.max_splits is None:
-            m = max(1, -(-m // per_split))
-        eigenvalues = {k: v for k, v in info["eigenvalues"].items() if k in set(info["width_layers"])}
-        selection = self._lineage_settings(lineage).get("selection", getattr(self.args, "selection", "negative"))
-        if selection == "lowest_fraction":
-            return lin.clean_plan(select_lowest_fraction(eigenvalues, max_splits=m,
-                                                         max_per_layer=self.args.max_per_layer))
-        plan = select_neurons(eigenvalues, max_splits=m, threshold=self.args.threshold,
-                              max_per_layer=self.args.max_per_layer, costs=self._costs(info, lineage))
-        return lin.clean_plan(plan)
+        return lin.choose_plan(self.args, info, lineage)
 
     def _costs(self, info: dict, lineage: int = 0) -> Optional[dict]:
-        cost = self._lineage_settings(lineage).get("cost", self.args.cost)
-        if cost == "none":
-            return None
-        return info.get("costs", {}).get(cost) or None
+        return lin.lineage_costs(self.args, info, lineage)
 
     def _info(self, node: Node) -> dict:
         if node.info is None:
@@ -404,6 +374,8 @@ class Scheduler:
         if why:
             logger.warning("%s (trial %s) given up: %s", node.node_id, node.trial_id or "?", why)
         parent = self.nodes.get(node.parent) if node.parent else None
+        if parent is not None and self._verified_parent(parent) is not parent:
+            return  # the lineage fell back past the parent, or stopped
         if node.attempt < self.args.retries:
             retry = Node(lin.make_node_id(node.lineage, node.step), node.lineage, node.step, node.attempt + 1,
                          node.parent)
@@ -417,7 +389,38 @@ class Scheduler:
                         parent.node_id)
         else:
             last = f"; its last good trial is {parent.node_id}" if parent else ""
-            self.stop(node.lineage, f"{node.attempt + 1} failed attempt(s) at step {node.step}{last}")
+            self.stop(node.lineage, f"{node.attempt + 1} failed attempt(s) at step {node.step}{last}", early=True)
+
+    def _verified_parent(self, parent: Node) -> Optional[Node]:
+        """``parent`` when its files verify; otherwise it is set aside (``FAILED``, with a note) and the
+        lineage falls back to the nearest ancestor that verifies (its child is queued again) or stops
+        early.  Returns the node whose files verified, or None."""
+        node, why = parent, ""
+        while node is not None:
+            try:
+                problem = self.check_files(node, self._info(node))
+            except (OSError, ValueError, KeyError) as error:
+                problem = f"cannot read the splitting indexes of {node.node_id}: {error}"
+            if problem is None:
+                break
+            why = why or problem
+            node.status, node.note = NodeStatus.FAILED, f"set aside: {problem}"
+            logger.warning("%s (trial %s) cannot be a parent: %s", node.node_id, node.trial_id or "?", problem)
+            node = self.nodes.get(node.parent) if node.parent else None
+        if node is parent:
+            return node
+        lineage = parent.lineage
+        self._fallbacks[lineage] = self._fallbacks.get(lineage, 0) + 1
+        if node is None:
+            self.stop(lineage, f"{why}; no earlier checkpoint of the lineage verifies", early=True)
+        elif self._fallbacks[lineage] > self.args.retries + 1:
+            self.stop(lineage, f"{why}; gave up after {self._fallbacks[lineage] - 1} fall-back(s) past unusable "
+                               f"files", early=True)
+        else:
+            logger.warning("lineage %d falls back to %s (step %d), the nearest ancestor whose files verify",
+                           lineage, node.node_id, node.step)
+            self._advance(node, verified=True)
+        return node
 
     def _supersede(self, node: Node) -> None:
         """A retry / fallback of the same step as a succeeded ``node`` is no longer needed."""
@@ -446,48 +449,12 @@ class Scheduler:
         return node
 
     def _params(self, node: Node, widths, width_multiplier, plan, parent: Optional[Node]) -> dict:
-        args = self.args
-        own = self._lineage_settings(node.lineage)
-        settings = dict(args.trial)
-        settings.setdefault("growth_strategy", getattr(args, "strategy", "s2d"))
-        settings.update({k: v for k, v in own.items() if k not in ("epsilon", "selection", "cost")})
-        settings["seed"] = int(settings.get("seed", 0)) + (0 if "seed" in own else node.lineage)
-        info = (parent.info or {}) if parent else {}
-        result = (parent.result or {}) if parent else {}
-        settings.update(
-            model=args.model, widths=widths, width_multiplier=width_multiplier,
-            node_id=node.node_id, lineage=node.lineage, step=node.step, attempt=node.attempt,
-            parent=parent.trial_id if parent else "", parent_node=parent.node_id if parent else "",
-            parent_checkpoint=result.get("checkpoint", info.get("checkpoint", "")) if parent else "",
-            parent_splits=result.get("splits", info.get("splits", "")) if parent else "",
-            split_plan=plan, n_split=lin.plan_size(plan), epsilon=own.get("epsilon", args.epsilon),
-            split_method=args.method, storage_path=args.storage_path or "",
-        )
+        settings = lin.trial_params(self.args, node, widths, width_multiplier, plan, parent)
         settings.update(self.policy.growth_params(node, parent))
         return settings
 
     def _import(self, entry: dict, known: Dict[str, dict]) -> Optional[Node]:
-        params, value = entry.get("parameter"), entry.get("value")
-        value = value if isinstance(value, dict) else {"default": value}
-        params = params if isinstance(params, dict) else {}
-        node_id = value.get("node") or params.get("node_id")
-        if not node_id:
-            logger.warning("import_data: skipping a trial without node_id: %s", entry)
-            return None
-        node = self.nodes.get(node_id)
-        if node is not None and node.status == NodeStatus.SUCCEEDED:
-            return None
-        if node is None:
-            params = known.get(node_id) or {"node_id": node_id, "lineage": value.get("lineage", 0),
-                                            "step": value.get("step", 0), "attempt": value.get("attempt", 0)}
-            node = Node(node_id, int(params.get("lineage", 0)), int(params.get("step", 0)),
-                        int(params.get("attempt", 0)), params.get("parent_node") or "", dict(params))
-            self.nodes[node_id] = node
-        node.trial_id = entry.get("trialJobId") or node.trial_id
-        node.result, node.status, node.deadline = value, NodeStatus.SUCCEEDED, None
-        logger.info("imported %s (trial %s, lineage %d, step %d)", node.node_id, node.trial_id, node.lineage,
-                    node.step)
-        return node
+        return lin.import_node(self.nodes, entry, known)
 
     def _check_finished(self) -> None:
         if self.finished or not self.started:

@@ -39,6 +39,7 @@ import torch
 from nni.tuner import Tuner
 
 from . import lineage as lin
+from .checkpoint import file_sha256
 from .counting import count_model
 from .defaults import EPSILON, GROW_RATIO, METHOD
 from .lineage import Node, NodeStatus
@@ -79,8 +80,11 @@ class SplittingTuner(Tuner):
 
     Failures: a failed or killed trial is retried with the same parameters ``retries`` times; if
     those fail too, the lineage falls back to its last good checkpoint (the parent) and tries once
-    more with the better half of the plan; if that also fails the lineage stops.  Other lineages
-    and the experiment go on.
+    more with the better half of the plan; if that also fails the lineage stops early.  Before a
+    trial is used as a parent its checkpoint and splits file are checked against the SHA-256 its
+    ``splitting.json`` stores; one that does not match is set aside and the lineage falls back to
+    the nearest ancestor that matches.  Other lineages and the experiment go on; the lineages that
+    stopped early, and why, are in the state file (``ended_early``) and in the CLI's final table.
 
     Resume: parameters carry ``node_id``, ``lineage``, ``step`` and the parent's paths; results
     carry the checkpoint and index paths, so :meth:`import_data` rebuilds every lineage and growth
@@ -121,7 +125,7 @@ class SplittingTuner(Tuner):
         _logger.info("training seed %s (+ lineage index)", self.args.trial.get("seed", 0))
         self.scheduler = Scheduler(self.args, self.limits, read_index=lambda path: read_json(self.storage.to_local(path)),
                                    counter=exact_counter, verify=self._verify, policy=policy,
-                                   resume_timeout_s=float(resume_timeout))
+                                   resume_timeout_s=float(resume_timeout), check_files=self._check_files)
         self.client = DispatcherClient()
         self._lock = threading.RLock()
         self._param_nodes: Dict[int, str] = {}    # NNI parameter id (this session) -> node id
@@ -252,6 +256,23 @@ class SplittingTuner(Tuner):
             result = verified_result(path, node.node_id, self.storage)
             if result is not None:
                 return result
+        return None
+
+    def _check_files(self, node: Node, info: dict) -> Optional[str]:
+        """None when ``node``'s checkpoint and splits file match the SHA-256 its trial stored in
+        ``splitting.json`` (files of older trials, without one, pass), else why they do not."""
+        for key, what in (("checkpoint", "checkpoint"), ("splits", "splits file")):
+            expected = info.get(f"{key}_sha256")
+            if not info.get(key) or not expected:
+                continue
+            path = self.storage.to_local(info[key])
+            try:
+                actual = file_sha256(path)
+            except OSError as error:
+                return f"the {what} {path!r} of {node.node_id} cannot be read: {error}"
+            if actual != expected:
+                return (f"the {what} {path!r} of {node.node_id} (trial {node.trial_id or '?'}) does not match the "
+                        f"SHA-256 in its {INDEX_FILE} (truncated or changed after it was written)")
         return None
 
     def _index_candidates(self, trial_id: Optional[str]) -> List[Path]:
