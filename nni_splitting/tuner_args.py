@@ -6,16 +6,17 @@ from __future__ import annotations
 import math
 from typing import Any, List, NamedTuple, Optional, Union
 
+import torch
 from nni import ClassArgsValidator
 
 from . import lineage as lin
 from .defaults import EPSILON, METHOD
-from .models import MODELS
+from .models import MODELS, build_model, default_widths, scale_widths
 from .scheduler import RESUME_TIMEOUT_S
 from .splitting import METHODS
 from .trial import GROWTH_STRATEGIES, check_train_settings
 
-__all__ = ["SplittingArguments", "SplittingClassArgsValidator", "check_lineage_settings", "COSTS",
+__all__ = ["SplittingArguments", "SplittingClassArgsValidator", "check_lineage_settings", "check_seed", "COSTS",
            "TUNER_SELECTIONS", "LINEAGE_KEYS"]
 
 #: Values of the ``selection`` classArg.
@@ -140,6 +141,38 @@ def check_lineage_settings(entries, beam: int, trial: dict, selection: str = "ne
             raise ValueError(f"lineage_settings[{number}].epsilon must be a number >= 0, got {entry['epsilon']!r}")
         if "arm_label" in entry and not (isinstance(entry["arm_label"], str) and entry["arm_label"]):
             raise ValueError(f"lineage_settings[{number}].arm_label must be a non-empty string")
+
+
+def check_seed(model: str, seed_widths) -> None:
+    """``ValueError`` unless the seed network of ``model`` builds with ``seed_widths`` (a list of ints, or a
+    multiplier of the model's default widths; None: the default widths), e.g. a wrong number of widths.
+
+    Part of the start-up check of the CLI (:func:`nni_splitting.cli.validate_config`), after
+    :class:`SplittingClassArgsValidator`; the tuners themselves do not build a model (their unit
+    tests grow fake two-layer networks under a registered model's name).
+
+    The network is built on PyTorch's ``meta`` device (no memory, no time); a model that cannot be
+    built there is built on the CPU.
+    """
+    explicit = isinstance(seed_widths, (list, tuple))
+    try:
+        widths = list(seed_widths) if explicit else scale_widths(model, seed_widths or 1.0)
+        try:
+            with torch.device("meta"):
+                build_model(model, widths=widths)
+        except (ValueError, TypeError):
+            raise
+        except Exception:  # something only the meta device refuses: build it for real
+            build_model(model, widths=widths)
+    except Exception as error:
+        expected = len(default_widths(model)) if model_known(model) else "?"
+        raise ValueError(f"the seed network of model {model!r} cannot be built with seed_widths={seed_widths!r} "
+                         f"(the model has {expected} width layers): {error}") from None
+
+
+def model_known(model) -> bool:
+    """Whether ``model`` names a registered model."""
+    return isinstance(model, str) and model.lower().replace("-", "_") in MODELS
 
 
 class SplittingClassArgsValidator(ClassArgsValidator):
