@@ -4,7 +4,11 @@
     Check the tuner's classArgs, ``nnictl create`` the experiment (this Python's ``bin`` first on
     ``PATH``, so trials run with it), print the dashboard URL, wait until growth is over, print the
     lineage table and stop the experiment by its id.  A run whose trials cannot even start (e.g. a
-    missing ``trialCodeDirectory``) ends at once with the reason from NNI's ``nnimanager.log``.
+    missing ``trialCodeDirectory``) ends at once with the reason from NNI's ``nnimanager.log``; a
+    run whose experiment is stopped from outside (``nnictl stop``) notices within seconds, prints
+    the lineage so far and exits 1; so does a run in which a lineage ended early (its trials
+    failed, or its checkpoints were corrupt), naming the lineage and why.  SIGINT, SIGTERM and
+    SIGHUP stop the experiment the command started.
 ``resume ID``
     ``nnictl resume`` a stopped experiment (retried when NNI's "Tuner did not connect in 10 seconds"
     race is lost), then as ``run``.
@@ -27,6 +31,7 @@ NNI's dashboard and REST API have no authentication.  The commands that start NN
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -42,7 +47,7 @@ from .compare import CompareClassArgsValidator
 from .nni import nnictl, rest
 from .nni.config import is_splitting_tuner, load_config
 from .nni.table import best_row, format_table, lineage_rows, progress_printer
-from .tuner_args import SplittingClassArgsValidator
+from .tuner_args import SplittingArguments, SplittingClassArgsValidator, check_seed
 
 __all__ = ["main", "build_parser", "validate_config", "REGISTRATION", "PUBLIC_WARNING"]
 
@@ -53,10 +58,15 @@ PUBLIC_WARNING = ("WARNING: --public: NNI's dashboard and REST API (no authentic
                   "this port can change or stop the experiment) listen on every network interface.")
 #: ``on_poll`` verdict when NNI cannot start trial processes.
 CANNOT_START = "TRIALS_CANNOT_START"
+#: Final status of a run in which a lineage ended early (failed trials, corrupt checkpoints): exit 1.
+ENDED_EARLY = "LINEAGES_ENDED_EARLY"
+#: The tuner's state file in ``<experiment dir>/checkpoint/`` (:class:`~nni_splitting.tuner.SplittingTuner`).
+TUNER_STATE = "splitting_tuner.json"
 
 
 def validate_config(config: Dict[str, Any], compare: bool = False) -> None:
-    """Check the tuner's classArgs before starting (nnictl does not run validators for v2 configs).
+    """Check the tuner's classArgs before starting (nnictl does not run validators for v2 configs), and
+    that the seed network builds (:func:`~nni_splitting.tuner_args.check_seed`).
 
     Parameters
     ----------
@@ -77,6 +87,9 @@ def validate_config(config: Dict[str, Any], compare: bool = False) -> None:
             CompareClassArgsValidator().validate_class_args(**class_args)
         elif is_splitting_tuner(tuner):
             SplittingClassArgsValidator().validate_class_args(**class_args)
+        if compare or is_splitting_tuner(tuner):  # the seed network builds (e.g. as many widths as the model has)
+            defaults = SplittingArguments()
+            check_seed(class_args.get("model", defaults.model), class_args.get("seed_widths", defaults.seed_widths))
     except (ValueError, TypeError) as error:
         raise ValueError(f"bad classArgs for the {'comparison' if compare else 'splitting'} tuner: {error}") from None
 
@@ -144,12 +157,47 @@ def wait_limit(args, config: Optional[Dict[str, Any]] = None) -> float:
     return NO_LIMIT_S if duration is None else duration + 600.0
 
 
+def _lineage_endings(folder: Path) -> Dict[str, Any]:
+    """``{"stopped": {lineage: why}, "ended_early": {lineage: why}}`` from the tuner's state file ({} when absent)."""
+    try:
+        state = json.loads((Path(folder) / "checkpoint" / TUNER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _print_endings(folder: Path) -> Dict[str, str]:
+    """Print why each lineage stopped; return the lineages that ended early (failures, corrupt files)."""
+    state = _lineage_endings(folder)
+    early = {str(k): str(v) for k, v in (state.get("ended_early") or {}).items()}
+    for lineage, why in sorted((state.get("stopped") or {}).items()):
+        print(f"lineage {lineage}: {'ENDED EARLY: ' if str(lineage) in early else ''}{why}")
+    for lineage, why in sorted(early.items()):
+        print(f"nni-splitting: lineage {lineage} ended early: {why}", file=sys.stderr)
+    return early
+
+
 def _watch_growth(args, experiment_id: str, port: int, workdir: Optional[str],
                   config: Optional[Dict[str, Any]] = None) -> int:
     folder = nnictl.experiment_dir(experiment_id, workdir)
+    base = rest.rest_url(port)
+    seen: Dict[str, Any] = {"trials": []}  # the last trials read: the lineage so far if NNI goes away
+    progress = progress_printer(time.time(), _start_check(folder))
+
+    def on_poll(state, trials):
+        try:
+            seen["trials"] = rest.read_trials(base)
+        except rest.REST_ERRORS:
+            pass
+        return progress(state, trials)
 
     def on_end(base: str, final: str):
         if final == CANNOT_START:
+            return final
+        if final == nnictl.GONE:
+            print("the lineage so far:")
+            print(format_table(lineage_rows(seen["trials"])))
+            _print_endings(folder)
             return final
         if not _print_lineage(base):
             print(f"no trial succeeded: see {folder}/environments/local-env/trials/*/trial.stderr and "
@@ -157,11 +205,13 @@ def _watch_growth(args, experiment_id: str, port: int, workdir: Optional[str],
             final = "NO_SUCCESS"
         for error in rest.status(base).get("errors") or []:
             print(f"NNI error: {error}", file=sys.stderr)
+        if _print_endings(folder) and final in rest.SUCCESS_STATES:
+            final = ENDED_EARLY
         return final
 
     final = nnictl.run_until_done(experiment_id, port, wait_limit(args, config), on_end, keep=args.keep,
                                   stopped_note=f"resume with: nni-splitting resume {experiment_id}",
-                                  on_poll=progress_printer(time.time(), _start_check(folder)))
+                                  on_poll=on_poll)
     return 0 if final in rest.SUCCESS_STATES else 1
 
 
@@ -173,27 +223,46 @@ def _load(args, compare: bool = False) -> Dict[str, Any]:
     return config
 
 
+@contextlib.contextmanager
+def _stopped_if_interrupted(experiment_id: str):
+    """A stop signal outside :func:`~nni_splitting.nni.nnictl.run_until_done` (which handles its own)
+    still stops the experiment this command started."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        nnictl.stop_quietly(experiment_id)
+        print(f"stopped {experiment_id}", flush=True)
+        raise
+
+
 def _run(args) -> int:
     config = _load(args)
     experiment_id, port = nnictl.start(config, args.config, args.port, public=args.public)
-    _dashboard(experiment_id, port, args.public)
-    return _watch_growth(args, experiment_id, port, config.get("experimentWorkingDirectory"), config)
+    with _stopped_if_interrupted(experiment_id):
+        _dashboard(experiment_id, port, args.public)
+        return _watch_growth(args, experiment_id, port, config.get("experimentWorkingDirectory"), config)
 
 
 def _resume(args) -> int:
     port = nnictl.resume(args.experiment, args.port, args.workdir, public=args.public)
-    _dashboard(args.experiment, port, args.public)
-    return _watch_growth(args, args.experiment, port, args.workdir)
+    with _stopped_if_interrupted(args.experiment):
+        _dashboard(args.experiment, port, args.public)
+        return _watch_growth(args, args.experiment, port, args.workdir)
 
 
 def _compare(args) -> int:
     config = _load(args, compare=True)
     experiment_id, port = nnictl.start(config, args.config, args.port, public=args.public)
+    with _stopped_if_interrupted(experiment_id):
+        return _watch_comparison(args, config, experiment_id, port)
+
+
+def _watch_comparison(args, config: Dict[str, Any], experiment_id: str, port: int) -> int:
     _dashboard(experiment_id, port, args.public)
     folder = nnictl.experiment_dir(experiment_id, config.get("experimentWorkingDirectory"))
 
     def on_end(base: str, final: str):
-        if final == CANNOT_START:
+        if final in (CANNOT_START, nnictl.GONE):
             return final
         rows = report.rows_from_rest(base, experiment_id)
         out = Path(args.out)
@@ -229,8 +298,9 @@ def _report(args) -> int:
         try:
             got = report.read_experiment(experiment_id, port=args.port if len(args.experiments) == 1 else None,
                                          workdir=args.workdir)
-        except Exception as error:  # nnictl view / REST failures of every kind: one line, exit 1
-            print(f"nni-splitting report: cannot read {experiment_id}: {error}", file=sys.stderr)
+        except Exception as error:  # nnictl view / REST failures of every kind: the message, exit 1
+            print(f"nni-splitting report: cannot read {experiment_id}: {nnictl.clean_output(str(error))}",
+                  file=sys.stderr)
             return 1
         print(f"{experiment_id}: {len(got)} finished trials")
         rows += got
@@ -344,10 +414,15 @@ def main(argv=None) -> int:
     """
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        return args.func(args)
+        with nnictl.interrupt_on_signals():  # SIGTERM / SIGHUP: the same cleanup as Ctrl-C
+            return args.func(args)
     except (FileNotFoundError, ValueError) as error:
         print(f"nni-splitting {args.command}: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:  # nnictl failed: its own message, no traceback
-        print(f"nni-splitting {args.command}: {error}", file=sys.stderr)
+        print(f"nni-splitting {args.command}: {nnictl.clean_output(str(error))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as interrupt:  # before or after the experiment's watch (which handles its own)
+        print(f"nni-splitting {args.command}: interrupted" + (f" ({interrupt})" if str(interrupt) else ""),
+              file=sys.stderr)
+        return 130

@@ -10,14 +10,17 @@ process, so this works for ``nnictl create``, ``resume`` and ``view`` alike.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -39,6 +42,10 @@ __all__ = [
     "experiment_dir",
     "trial_start_failure",
     "run_until_done",
+    "clean_output",
+    "stop_quietly",
+    "interrupt_on_signals",
+    "GONE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +58,76 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START_FAILURE = re.compile(r"(spawn\s+\S+\s+E[A-Z]+|\bEMFILE\b|\bENOENT\b|Failed to start trial|"
                             r"trial.*(?:start|spawn).*(?:fail|error))", re.IGNORECASE)
 _TUNER_RACE = "Tuner did not connect"
+#: Signals that end a command as Ctrl-C does (``timeout``, CI cancel, systemd, container stop, a closed terminal).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+#: :func:`run_until_done`'s status when the experiment stopped answering (stopped from outside).
+GONE = rest.GONE
+
+
+def clean_output(text: str) -> str:
+    """nnictl's output as a message: colour codes and Python tracebacks removed (nnictl prints its own
+    ``ERROR: ...`` line, then often a traceback of its own failure to go on, e.g. for an unknown id)."""
+    kept, skipping, last_exception = [], False, ""
+    for line in _ANSI.sub("", text).splitlines():
+        if line.startswith("Traceback (most recent call last):"):
+            skipping = True
+            continue
+        if skipping:
+            if line[:1].isspace() or not line.strip():
+                continue
+            skipping, last_exception = False, line.strip()  # the exception line ends the traceback
+            continue
+        if line.strip():
+            kept.append(line.rstrip())
+    return "\n".join(kept) if kept else last_exception
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGHUP) turned into Ctrl-C's exception, so that the same cleanup runs."""
+
+
+@contextlib.contextmanager
+def interrupt_on_signals(signals: Sequence[int] = STOP_SIGNALS):
+    """Within the block, SIGTERM and SIGHUP raise :class:`Interrupted` (a ``KeyboardInterrupt``) like SIGINT.
+
+    Only the main thread can install handlers; elsewhere this does nothing.  The old handlers come
+    back at the end.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(number, frame):
+        raise Interrupted(signal.Signals(number).name)
+
+    previous = {}
+    for number in signals:
+        if number == signal.SIGINT and signal.getsignal(number) is not signal.default_int_handler:
+            continue  # someone (e.g. a test runner) handles Ctrl-C: leave it
+        previous[number] = signal.signal(number, interrupt if number != signal.SIGINT else signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def _shielded(signals: Sequence[int] = STOP_SIGNALS):
+    """Within the block, stop signals are held back (then re-raised once), so that a cleanup
+    (``nnictl stop``) is not cut short by a second Ctrl-C / SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    previous = {n: signal.signal(n, lambda number, frame: pending.append(number)) for n in signals}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if pending:
+            logger.warning("%s received while stopping the experiment: ignored", signal.Signals(pending[0]).name)
 
 
 def free_port(start: int = 8080, attempts: int = 200) -> int:
@@ -122,7 +199,8 @@ def run_nnictl(args: Sequence[str], env: Optional[Dict[str, str]] = None, timeou
     logger.debug("running %s", cmd)
     proc = subprocess.run(cmd, env=venv_env(env, public=public), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise RuntimeError(f"nnictl {' '.join(args)} failed ({proc.returncode}): "
+                           f"{clean_output(proc.stdout + chr(10) + proc.stderr)}")
     return proc
 
 
@@ -163,7 +241,13 @@ def start(config: Dict, name: str, port: Optional[int] = None, workdir: Optional
                 print(f"nnictl create: NNI's manager did not answer in time on port {port}; retrying", flush=True)
                 port = free_port(start=port + 2)
                 continue
-            if not _lost_tuner_race(rest.rest_url(port), check_s):
+            try:
+                lost = _lost_tuner_race(rest.rest_url(port), check_s)
+            except BaseException:  # Ctrl-C / SIGTERM while waiting for the tuner: leave nothing running
+                stop_quietly(experiment_id)
+                print(f"stopped {experiment_id}", flush=True)
+                raise
+            if not lost:
                 return experiment_id, port
             stop(experiment_id)
             if last:
@@ -228,6 +312,12 @@ def stop(experiment_id: str, env: Optional[Dict[str, str]] = None, timeout: floa
     return proc.returncode == 0
 
 
+def stop_quietly(experiment_id: str) -> bool:
+    """:func:`stop` with stop signals held back until it is done (a cleanup a second Ctrl-C must not cut short)."""
+    with _shielded():
+        return stop(experiment_id)
+
+
 def experiment_dir(experiment_id: str, workdir: Optional[str] = None) -> Path:
     """``<experimentWorkingDirectory or ~/nni-experiments>/<id>``."""
     return Path(workdir or "~/nni-experiments").expanduser() / experiment_id
@@ -254,25 +344,41 @@ def trial_start_failure(folder: Path) -> Optional[str]:
 
 def run_until_done(experiment_id: str, port: int, timeout: float, on_end: Callable[[str, str], Optional[str]],
                    keep: bool = False, stopped_note: str = "",
-                   on_poll: Optional[Callable[[str, List[str]], Optional[str]]] = None) -> str:
+                   on_poll: Optional[Callable[[str, List[str]], Optional[str]]] = None,
+                   gone_s: float = rest.GONE_S) -> str:
     """Wait for the experiment's end, call ``on_end(base, final)``, and stop it by id unless ``keep``.
 
-    The experiment is stopped whatever happens (Ctrl-C, an error in ``on_end``); ``on_end`` may
-    return a replacement for the final status (e.g. ``"NO_SUCCESS"``).  ``on_poll`` may end the
-    wait early (see :func:`~nni_splitting.nni.rest.wait`).  Returns the final status.
+    The experiment is stopped whatever happens (Ctrl-C, SIGTERM, SIGHUP, an error in ``on_end``;
+    stop signals are held back while ``nnictl stop`` runs); ``on_end`` may return a replacement for
+    the final status (e.g. ``"NO_SUCCESS"``).  ``on_poll`` may end the wait early (see
+    :func:`~nni_splitting.nni.rest.wait`).  When NNI's server stops answering for ``gone_s`` seconds
+    (``nnictl stop`` from elsewhere) the wait ends with :data:`GONE` and ``on_end`` is still called
+    (its ``base`` no longer answers).  Returns the final status (``"INTERRUPTED"`` after a signal).
     """
     base = rest.rest_url(port)
     final = "UNKNOWN"
-    try:
-        final = rest.wait(base, timeout=timeout, on_poll=on_poll)
-        print(f"experiment {experiment_id}: {final}")
-        final = on_end(base, final) or final
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-    finally:
-        if keep:
-            print(f"left running: nnictl stop {experiment_id}")
-        else:
-            stop(experiment_id)
-            print(f"stopped {experiment_id}" + (f" ({stopped_note})" if stopped_note else ""))
+    with interrupt_on_signals():
+        try:
+            final = rest.wait(base, timeout=timeout, on_poll=on_poll, gone_s=gone_s)
+            if final == GONE:
+                print(f"experiment {experiment_id}: NNI stopped answering on port {port} (stopped from outside, "
+                      f"e.g. by nnictl stop?)", file=sys.stderr, flush=True)
+            else:
+                print(f"experiment {experiment_id}: {final}", flush=True)
+            final = on_end(base, final) or final
+        except KeyboardInterrupt as interrupt:
+            print(f"interrupted{f' ({interrupt})' if isinstance(interrupt, Interrupted) else ''}", file=sys.stderr,
+                  flush=True)
+            final = "INTERRUPTED"
+        finally:
+            with _shielded():
+                note = f" ({stopped_note})" if stopped_note else ""
+                if final == GONE:
+                    stop(experiment_id)  # whatever is left of it (dispatcher, trials)
+                    print(f"experiment {experiment_id} was stopped from outside{note}", flush=True)
+                elif keep:
+                    print(f"left running: nnictl stop {experiment_id}", flush=True)
+                else:
+                    stop(experiment_id)
+                    print(f"stopped {experiment_id}{note}", flush=True)
     return final

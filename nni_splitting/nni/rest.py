@@ -7,7 +7,10 @@ Completion: when growth is over the tuner lowers the experiment's ``maxTrialNumb
 of trials it created (:func:`finish_from_dispatcher`, REST ``PUT /experiment?update_type=MAX_TRIAL_NUM``),
 so NNI ends ``DONE`` once the last trial has exited.  :func:`wait` returns on ``DONE`` / ``STOPPED`` /
 ``ERROR``, and as a fallback when NNI sits in ``TUNER_NO_MORE_TRIAL``/``NO_MORE_TRIAL`` with no trial
-waiting or running for ``settle_s`` seconds (e.g. the REST call failed).
+waiting or running for ``settle_s`` seconds (e.g. the REST call failed).  It returns :data:`GONE` when
+nothing listens on the port any more for ``gone_s`` seconds (the connection is refused: the
+experiment was stopped from outside, e.g. ``nnictl stop``); a server that is slow to answer (a
+timeout on a busy machine) is waited for.
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 __all__ = [
     "FINAL_STATES",
+    "GONE",
+    "GONE_S",
+    "refused",
     "SUCCESS_STATES",
     "REST_ERRORS",
     "rest_url",
@@ -44,6 +50,12 @@ SUCCESS_STATES = ("DONE", "TUNER_NO_MORE_TRIAL", "NO_MORE_TRIAL")
 #: What a REST call raises while NNI's server is not (or no longer) answering.
 REST_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, ValueError)
 IDLE_STATES = ("TUNER_NO_MORE_TRIAL", "NO_MORE_TRIAL")
+#: :func:`wait`'s status when NNI's server is gone (connections refused for ``gone_s`` seconds).
+GONE = "GONE"
+#: Seconds of refused connections after which :func:`wait` gives the experiment up (a few polls).
+GONE_S = 10.0
+#: Before NNI ever answered, refused connections are waited for at least this long (a slow start).
+FIRST_ANSWER_S = 60.0
 ACTIVE_TRIAL_STATES = ("WAITING", "RUNNING", "UNKNOWN")
 
 
@@ -73,29 +85,50 @@ def trial_states(base: str) -> List[str]:
     return [t.get("status", "") for t in rest(base, "trial-jobs") or []]
 
 
+def refused(error: BaseException) -> bool:
+    """Whether a REST error means that nothing listens on the port (connection refused or reset)."""
+    reason = getattr(error, "reason", error)  # urllib wraps the socket error in URLError.reason
+    return isinstance(reason, (ConnectionRefusedError, ConnectionResetError))
+
+
 def wait(base: str, timeout: float = 600, poll: float = 3.0, min_succeeded: Optional[int] = None,
-         settle_s: float = 20.0, on_poll: Optional[Callable[[str, List[str]], Optional[str]]] = None) -> str:
+         settle_s: float = 20.0, on_poll: Optional[Callable[[str, List[str]], Optional[str]]] = None,
+         gone_s: Optional[float] = GONE_S) -> str:
     """Wait until the experiment has finished (see the module docstring) or ``min_succeeded`` trials succeeded.
 
     ``on_poll(status, trial_states)`` is called after each successful poll; when it returns a string,
-    waiting ends with that string as the status (e.g. ``"TRIALS_CANNOT_START"``).
+    waiting ends with that string as the status (e.g. ``"TRIALS_CANNOT_START"``).  ``gone_s``: seconds
+    of refused connections (at least :data:`FIRST_ANSWER_S` before NNI's first answer) after which
+    the experiment is given up as :data:`GONE`; None waits until ``timeout`` whatever happens.
 
     Returns
     -------
     str
-        The last status, or ``"TIMEOUT"``.
+        The last status, :data:`GONE`, or ``"TIMEOUT"``.
     """
     deadline = time.time() + timeout
     idle_since = None
+    refused_since = None
+    answered = False
     last = "UNKNOWN"
     while time.time() < deadline:
         try:
             last = status(base)["status"]
             states = trial_states(base)
         except REST_ERRORS as error:
-            logger.debug("REST not answering yet: %s", error)
-            time.sleep(poll)
+            if refused(error):
+                refused_since = refused_since or time.time()
+                limit = gone_s if answered else max(gone_s or 0.0, FIRST_ANSWER_S)
+                if gone_s is not None and time.time() - refused_since >= limit:
+                    logger.warning("NNI at %s refuses connections for %.0f s: the experiment is gone", base,
+                                   time.time() - refused_since)
+                    return GONE
+            else:
+                refused_since = None
+            logger.debug("REST not answering: %s", error)
+            time.sleep(min(poll, 1.0) if refused_since else poll)
             continue
+        answered, refused_since = True, None
         if on_poll is not None:
             verdict = on_poll(last, states)
             if verdict:
