@@ -11,8 +11,9 @@ tuner maximises: no search selects on the test set), ``test_accuracy``, ``val_ac
 ``wall_time`` (seconds, likewise cumulative), ``mac_epochs`` (multiply-accumulates of one forward
 pass x epochs: the training compute behind this network's own training), ``widths``, ``node``, ``lineage``.
 
-Each arm is one :class:`ArmSpec` in :data:`ARM_SPECS` (name -> run function, family, label): the
-comparison's arm list, the report's order and its labels derive from it.
+Each arm is one :class:`ArmSpec` in :data:`ARM_SPECS` (run function, family, label, and the comparison's
+rule of when to queue it, :mod:`nni_splitting.arm_rules`): the comparison's arm switches, the
+report's order and its labels derive from it, and :func:`register_arm` adds one.
 
 Arms:
 
@@ -61,12 +62,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .baselines import add_new_neurons, prune_to_ratio, random_split, uniform_width_model, widths_from_params
+from .baselines import PRUNERS, add_new_neurons, prune_to_ratio, random_split, uniform_width_model, widths_from_params
+from .arm_rules import (Emission, StepView, after_pruner, emit_growth_baseline, emit_plain, emit_pruner, emit_scratch,
+                        emit_uniform)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .counting import count_model
 from .data import dummy_input, load_dataset, make_loaders
@@ -75,12 +78,12 @@ from .storage import trial_output_dir
 from .training import evaluate
 from .trial import device_of, full_widths, load_overrides, model_kwargs, resolve_params, run_trial, train_network
 
-__all__ = ["ArmSpec", "ARM_SPECS", "ARMS", "FAMILIES", "PRUNING_ARMS", "GROWTH_ARMS", "COMPARE_DEFAULTS",
+__all__ = ["ArmSpec", "StepView", "ARM_SPECS", "register_arm", "comparison_switches", "report_order", "ARMS", "FAMILIES", "PRUNING_ARMS", "GROWTH_ARMS", "COMPARE_DEFAULTS",
            "resolve_arm_params", "run_arm", "arm_label", "main"]
 
 logger = logging.getLogger(__name__)
 
-PRUNING_ARMS = ("l1", "slim", "fpgm", "taylor", "bn_slim")
+PRUNING_ARMS = tuple(PRUNERS)  # one arm per pruning method of nni_splitting.baselines
 GROWTH_ARMS = ("random_split", "new_neurons")
 
 #: Keys of the comparison beyond the splitting trial's settings.
@@ -127,10 +130,23 @@ class ArmOutcome(NamedTuple):
 
 
 class ArmSpec(NamedTuple):
-    """One arm: ``run(context) -> ArmOutcome``, its family (the ``method`` column) and its report label."""
+    """One arm, everything about it in one entry of :data:`ARM_SPECS`.
+
+    ``run(context) -> ArmOutcome`` trains it; ``family`` is its ``method`` column and ``label`` its
+    report name (the report lists arms in registry order). For the comparison: ``switch`` is the name
+    in the ``arms`` classArg that turns it on (``"pruning"`` for every pruner); ``emit(view)`` says
+    what to queue at a reported growth step (None: not ready yet, asked again later); ``needs_full``
+    asks for the trained full model first; ``after(params, result)`` queues trials when a trial of an
+    arm in ``follows`` has succeeded (a pruned architecture from scratch).
+    """
     run: Callable[[ArmContext], ArmOutcome]
     family: str
     label: str
+    switch: str = ""
+    emit: Optional[Callable[[StepView], Emission]] = None
+    needs_full: bool = False
+    follows: Tuple[str, ...] = ()
+    after: Optional[Callable[[Dict[str, Any], Dict[str, Any]], List[Dict[str, Any]]]] = None
 
 
 def _seed_epochs(p) -> int:
@@ -242,19 +258,45 @@ def _run_splitting(ctx: ArmContext) -> ArmOutcome:  # pragma: no cover - run_arm
     raise RuntimeError("the splitting arm runs through nni_splitting.trial.run_trial")
 
 
-#: name -> ArmSpec; ``method`` column = family.  Add an arm here and nowhere else.
+#: name -> ArmSpec, in report order; ``method`` column = family.  An arm is one entry (:func:`register_arm`).
 ARM_SPECS: Dict[str, ArmSpec] = {
     "splitting": ArmSpec(_run_splitting, "splitting", "splitting"),
-    "full": ArmSpec(_run_full, "full", "full"),
-    **{name: ArmSpec(_run_pruner, "pruning", name) for name in PRUNING_ARMS},
-    **{name: ArmSpec(_run_growth_baseline, "growth", name) for name in GROWTH_ARMS},
-    "scratch": ArmSpec(_run_scratch, "retrain", "scratch"),
-    "pruned_scratch": ArmSpec(_run_scratch, "retrain", "pruned_scratch"),
-    "uniform": ArmSpec(_run_uniform, "width", "uniform"),
-    "plain": ArmSpec(_run_plain, "width", "plain"),
+    **{name: ArmSpec(_run_pruner, "pruning", name, "pruning", emit_pruner, needs_full=True) for name in PRUNING_ARMS},
+    **{name: ArmSpec(_run_growth_baseline, "growth", name, name, emit_growth_baseline) for name in GROWTH_ARMS},
+    "scratch": ArmSpec(_run_scratch, "retrain", "scratch", "scratch", emit_scratch),
+    "pruned_scratch": ArmSpec(_run_scratch, "retrain", "pruned_scratch", "pruned_scratch",
+                              follows=PRUNING_ARMS, after=after_pruner),
+    "uniform": ArmSpec(_run_uniform, "width", "uniform", "uniform", emit_uniform),
+    "plain": ArmSpec(_run_plain, "width", "plain", "plain", emit_plain),
     "width": ArmSpec(_run_width, "width_search", "width"),
+    "full": ArmSpec(_run_full, "full", "full"),
 }
-#: arm -> family (the ``method`` column)
+
+
+def register_arm(name: str, spec: ArmSpec) -> None:
+    """Add an arm: ``python -m nni_splitting.arms`` runs it, the comparison queues it by ``spec.emit``
+    when ``spec.switch`` is in its ``arms`` classArg, and the report lists it."""
+    if not isinstance(spec, ArmSpec) or not callable(spec.run):
+        raise ValueError(f"arm {name!r}: expected an ArmSpec with a run function, got {spec!r}")
+    ARM_SPECS[name] = spec
+
+
+def comparison_switches() -> Tuple[str, ...]:
+    """The names the comparison's ``arms`` classArg accepts (every registered arm it can queue)."""
+    return tuple(dict.fromkeys(spec.switch for spec in ARM_SPECS.values() if spec.switch and (spec.emit or spec.after)))
+
+
+def report_order() -> List[str]:
+    """Arm labels in report order: the registry's, each pruner's ``<pruner>_scratch`` after ``pruned_scratch``."""
+    order = []
+    for name, spec in ARM_SPECS.items():
+        order.append(spec.label)
+        if name == "pruned_scratch":
+            order += [f"{p}_scratch" for p in PRUNING_ARMS]
+    return order
+
+
+#: arm -> family (the ``method`` column), for the arms registered when this module was imported
 FAMILIES: Dict[str, str] = {name: spec.family for name, spec in ARM_SPECS.items()}
 ARMS = tuple(ARM_SPECS)
 
@@ -290,6 +332,8 @@ def run_arm(p: Dict[str, Any], output_dir: Path, report: Callable[[dict], None] 
             trial_id: str = "STANDALONE", experiment_id: str = "STANDALONE") -> Dict[str, Any]:
     """Run one arm (parameters already resolved); return the flat final result."""
     arm = p["arm"]
+    if arm not in ARM_SPECS:
+        raise ValueError(f"arm must be one of {list(ARM_SPECS)}, got {arm!r}")
     started = time.time()
     if p["num_threads"]:
         torch.set_num_threads(p["num_threads"])
@@ -325,7 +369,7 @@ def run_arm(p: Dict[str, Any], output_dir: Path, report: Callable[[dict], None] 
     seconds = time.time() - started
     result = {
         "default": (outcome.val_accuracy or 0.0) if arm == "width" else test, "test_accuracy": test,
-        "val_accuracy": outcome.val_accuracy, "arm": arm_label(arm, p), "method": FAMILIES[arm], "seed": p["seed"],
+        "val_accuracy": outcome.val_accuracy, "arm": arm_label(arm, p), "method": ARM_SPECS[arm].family, "seed": p["seed"],
         "step": p["step"], "params": n_params, "flops": flops, "params_ratio": n_params / ref_params,
         "flops_ratio": flops / ref_flops, "epochs": float(outcome.epochs), "mac_epochs": float(flops) * own_epochs,
         "wall_time": outcome.prior_wall_time + seconds, "seconds": seconds,

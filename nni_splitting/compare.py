@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 
-from .arms import PRUNING_ARMS
+from .arms import PRUNING_ARMS, comparison_switches
 from .comparison_policy import DEFAULT_ARMS, ComparisonPolicy
 from .models import check_widths, model_class
 from .tuner import SplittingTuner
@@ -83,7 +83,7 @@ class CompareClassArgsValidator(SplittingClassArgsValidator):
     def validate_class_args(self, **kwargs):
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in COMPARE_ARGS}
         super().validate_class_args(**kwargs)
-        _check_names("arms", own.get("arms"), DEFAULT_ARMS)
+        _check_names("arms", own.get("arms"), comparison_switches())  # arms registered since import too
         _check_names("pruners", own.get("pruners"), PRUNING_ARMS)
         for key in ("full_epochs", "finetune_epochs", "prune_training_steps"):
             value = own.get(key)

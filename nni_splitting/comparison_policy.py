@@ -1,13 +1,15 @@
 """The comparison's :class:`~nni_splitting.scheduler.Policy`: the baseline arms beside each splitting lineage.
 
 For each seed (lineage ``i``, training seed ``trial.seed + i``) a ``full`` arm trains the full-width
-model from the start; as soon as a step of the lineage has reported (and, for the pruners, the full
-model is trained), that step (= its parameter ratio) gets the other arms: pruners of the full
-checkpoint to the step's ratio, ``random_split`` / ``new_neurons`` with the lineage's per-step
-split counts, ``scratch`` with the step's widths, ``uniform`` at the step's parameter count, and,
-when a pruner's trial has reported, ``pruned_scratch`` (its architecture from scratch, arm label
-``<pruner>_scratch``).  Arm nodes are :data:`~nni_splitting.lineage.NodeKind.ARM` nodes of the same
-:class:`~nni_splitting.scheduler.Scheduler`; their ``lineage`` is the seed they belong to.
+model from the start when an active arm needs it (the pruners); as soon as a step of the lineage has
+reported, every active arm's :class:`~nni_splitting.arms.ArmSpec` says what to queue at that step
+(its ``emit``: pruners of the full checkpoint to the step's ratio once the full model is trained,
+``random_split`` / ``new_neurons`` with the lineage's per-step split counts, ``scratch`` with the
+step's widths, ``uniform`` and ``plain`` at the step's parameter count), and when a trial of an arm
+has succeeded, the arms that follow it queue theirs (``pruned_scratch``: the pruned architecture from
+scratch, label ``<pruner>_scratch``). Arm nodes are :data:`~nni_splitting.lineage.NodeKind.ARM` nodes
+of the same :class:`~nni_splitting.scheduler.Scheduler`; their ``lineage`` is the seed they belong to.
+An arm added with :func:`~nni_splitting.arms.register_arm` is queued here with no other edit.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import logging
 import secrets
 from typing import Dict, List, Optional, Sequence
 
-from .arms import GROWTH_ARMS, PRUNING_ARMS
+from .arms import ARM_SPECS, PRUNING_ARMS, StepView, comparison_switches
 from .lineage import Node, NodeKind, NodeStatus
 from .scheduler import Policy, Scheduler, lineage_entry
 
@@ -24,7 +26,8 @@ __all__ = ["ComparisonPolicy", "DEFAULT_ARMS"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ARMS = ("pruning", "random_split", "new_neurons", "scratch", "pruned_scratch", "uniform", "plain")
+#: The ``arms`` classArg's names when this module was imported (an arm registered later is accepted too).
+DEFAULT_ARMS = comparison_switches()
 
 
 def _widths(text) -> List[int]:
@@ -32,43 +35,51 @@ def _widths(text) -> List[int]:
 
 
 class ComparisonPolicy(Policy):
-    """Queue the baseline arms of each lineage (see the module docstring).
+    """Queue the baseline arms of each lineage (see the module docstring); what each arm queues, and when,
+    is its :class:`~nni_splitting.arms.ArmSpec`'s ``emit`` / ``after``.
 
     Parameters
     ----------
     args
         The tuner's arguments (model, epsilon, beam, trial settings).
     arms, pruners
-        Arms (:data:`DEFAULT_ARMS`) and pruners (:data:`nni_splitting.arms.PRUNING_ARMS`) to run.
+        Arm switches (:func:`~nni_splitting.arms.comparison_switches`, default all) and pruners
+        (:data:`nni_splitting.arms.PRUNING_ARMS`, default all) to run.
+    extra
+        Settings every arm trial gets (``full_epochs``, ``finetune_epochs``, ``prune_training_steps``;
+        None values are left out).
     baseline_steps
         The growth steps (0 = the seed) that get baselines; default: every step the lineage reaches.
     plain_families
         Other network families trained at each step's parameter count (arm ``plain``): mappings with
         ``model`` (a registered name), optional ``widths`` (the base widths the multiplier scales) and
         ``label`` (the reported arm, default ``plain_<model>``). Empty: no ``plain`` arm.
-    extra
-        Settings every arm trial gets (``full_epochs``, ``finetune_epochs``, ``prune_training_steps``;
-        None values are left out).
     """
 
     def __init__(self, args, arms: Optional[Sequence[str]] = None, pruners: Optional[Sequence[str]] = None,
                  extra: Optional[dict] = None, baseline_steps: Optional[Sequence[int]] = None,
                  plain_families: Optional[Sequence[dict]] = None):
         self.args = args
-        self.arms = list(arms if arms is not None else DEFAULT_ARMS)
+        switches = comparison_switches()
+        self.arms = list(arms if arms is not None else switches)
         self.pruners = list(pruners if pruners is not None else PRUNING_ARMS)
-        bad = [a for a in self.arms if a not in DEFAULT_ARMS] + [p for p in self.pruners if p not in PRUNING_ARMS]
+        bad = [a for a in self.arms if a not in switches] + [p for p in self.pruners if p not in PRUNING_ARMS]
         if bad:
-            raise ValueError(f"unknown arms/pruners {bad}; arms: {list(DEFAULT_ARMS)}, pruners: {list(PRUNING_ARMS)}")
+            raise ValueError(f"unknown arms/pruners {bad}; arms: {list(switches)}, pruners: {list(PRUNING_ARMS)}")
         self.extra = {k: v for k, v in (extra or {}).items() if v is not None}
         self.baseline_steps = None if baseline_steps is None else {int(k) for k in baseline_steps}
-        self.plain_families = [dict(family) for family in (plain_families or [])]
-        self.queued: set = set()    # (lineage, step, arm) already queued
+        self.options = {"plain_families": [dict(family) for family in (plain_families or [])]}
+        self.queued: set = set()    # (lineage, step, arm, label) already queued
+
+    def _active(self) -> List[str]:
+        """The registered arms this comparison runs: switched on, and for pruners, chosen."""
+        return [name for name, spec in ARM_SPECS.items() if spec.switch in self.arms
+                and (name not in PRUNING_ARMS or name in self.pruners)]
 
     # ------------------------------------------------------------------ Policy hooks
 
     def start(self, scheduler: Scheduler) -> None:
-        if "pruning" not in self.arms:
+        if not any(ARM_SPECS[name].needs_full for name in self._active()):
             return  # the converged full model is the pruners' start, nothing else needs it
         for lineage in range(self.args.beam):
             self._add(scheduler, lineage, "full", 0, {"widths": None, "width_multiplier": 1.0})
@@ -88,8 +99,12 @@ class ComparisonPolicy(Policy):
         arm = node.params.get("arm")
         if arm == "full":
             self._emit(scheduler, node.lineage)
-        elif node.status == NodeStatus.SUCCEEDED and arm in PRUNING_ARMS and "pruned_scratch" in self.arms:
-            self._add_pruned_scratch(scheduler, node)
+        elif node.status == NodeStatus.SUCCEEDED:
+            for name in self._active():
+                spec = ARM_SPECS[name]
+                if spec.after is not None and arm in spec.follows:
+                    for params in spec.after(node.params, node.result or {}):
+                        self._add(scheduler, node.lineage, name, node.step, params)
 
     # ------------------------------------------------------------------ arms
 
@@ -106,27 +121,14 @@ class ComparisonPolicy(Policy):
         settings.update(extra)
         scheduler.add_arm(lineage, f"{arm}-l{lineage}s{step}-{secrets.token_hex(3)}", step, settings)
 
-    def _fulls(self, scheduler: Scheduler, lineage: int) -> List[Node]:
-        return [n for n in scheduler.nodes.values() if n.kind == NodeKind.ARM and n.lineage == lineage
-                and n.params.get("arm") == "full"]
-
-    def _once(self, lineage: int, step: int, arm: str) -> bool:
-        """True the first time ``arm`` is asked for at (``lineage``, ``step``)."""
-        key = (lineage, step, arm)
-        if key in self.queued:
-            return False
-        self.queued.add(key)
-        return True
+    def _full(self, scheduler: Scheduler, lineage: int) -> Optional[Node]:
+        return next((n for n in scheduler.nodes.values() if n.kind == NodeKind.ARM and n.lineage == lineage
+                     and n.params.get("arm") == "full" and n.status == NodeStatus.SUCCEEDED), None)
 
     def _emit(self, scheduler: Scheduler, lineage: int) -> None:
-        """Queue the baselines of every step of ``lineage`` that has reported, each arm once.
-
-        Arms that need only the step (``scratch``, ``uniform``, ``random_split``, ``new_neurons``) are
-        queued as soon as the step reported; pruners once the full model is trained as well.  Steps
-        outside ``baseline_steps`` (when given) get none.
-        """
-        fulls = self._fulls(scheduler, lineage)
-        full = next((n for n in fulls if n.status == NodeStatus.SUCCEEDED), None)
+        """Ask every active arm what to queue at each reported step of ``lineage`` (steps outside
+        ``baseline_steps``, when given, get none); each (step, arm, label) is queued once."""
+        full = self._full(scheduler, lineage)
         counts: List[Dict[str, int]] = []
         seed_widths: List[int] = []
         for node in scheduler.chain(lineage):
@@ -137,39 +139,15 @@ class ComparisonPolicy(Policy):
                 counts.append({layer: len(idx) for layer, idx in (node.params.get("split_plan") or {}).items()})
             if self.baseline_steps is not None and node.step not in self.baseline_steps:
                 continue
-            epochs = int(result.get("epochs") or 0) or None
-            if "pruning" in self.arms and full is not None:
-                for pruner in self.pruners:
-                    if self._once(lineage, node.step, pruner):
-                        self._add(scheduler, lineage, pruner, node.step, {
-                            "full_checkpoint": full.result.get("checkpoint", ""),
-                            "target_ratio": float(result["params"]) / float(full.result["params"]),
-                            "prior_epochs": full.result.get("epochs", 0),
-                            "prior_wall_time": full.result.get("wall_time", 0.0), "matched_epochs": epochs})
-            if node.step > 0:
-                for arm in GROWTH_ARMS:
-                    if arm in self.arms and self._once(lineage, node.step, arm):
-                        self._add(scheduler, lineage, arm, node.step, {"widths_seed": seed_widths,
-                                                                       "split_counts": copy.deepcopy(counts)})
-                if "scratch" in self.arms and self._once(lineage, node.step, "scratch"):
-                    self._add(scheduler, lineage, "scratch", node.step, {"widths": _widths(result.get("widths")),
-                                                                         "total_epochs": epochs})
-            if "uniform" in self.arms and self._once(lineage, node.step, "uniform"):
-                self._add(scheduler, lineage, "uniform", node.step, {"target_params": int(result["params"]),
-                                                                     "total_epochs": epochs})
-            for family in self.plain_families if "plain" in self.arms else []:
-                label = family.get("label") or f"plain_{family['model']}"
-                if self._once(lineage, node.step, label):
-                    self._add(scheduler, lineage, "plain", node.step, {
-                        "target_params": int(result["params"]), "total_epochs": epochs, "arm_label": label,
-                        "plain_model": family["model"], "plain_widths": family.get("widths")})
-
-    def _add_pruned_scratch(self, scheduler: Scheduler, pruned: Node) -> None:
-        """Queue the pruner's architecture, trained from scratch for the lineage's epochs at that ratio."""
-        widths = _widths((pruned.result or {}).get("widths"))
-        if not widths:
-            logger.warning("pruner trial %s reported no widths: no pruned_scratch arm", pruned.node_id)
-            return
-        self._add(scheduler, pruned.lineage, "pruned_scratch", pruned.step, {
-            "widths": widths, "total_epochs": pruned.params.get("matched_epochs"),
-            "arm_label": f"{pruned.params['arm']}_scratch"})
+            view = StepView(node.step, result, full.result if full is not None else None, list(seed_widths),
+                            copy.deepcopy(counts), self.options)
+            for name in self._active():
+                spec = ARM_SPECS[name]
+                if spec.emit is None or (lineage, node.step, name, "") in self.queued:
+                    continue
+                emitted = spec.emit(view)
+                if emitted is None:
+                    continue  # not ready (e.g. the full model is still training): asked again later
+                self.queued.add((lineage, node.step, name, ""))
+                for params in emitted:
+                    self._add(scheduler, lineage, name, node.step, params)

@@ -34,13 +34,25 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from .claims import baseline_front, claims_markdown
 from .nni import nnictl, rest
-from .summary import ARM_ORDER, aggregate, arm_key as _arm_key, is_search as _is_search, number as _num  # noqa: F401 (ARM_ORDER: re-exported)
+from .arms import report_order
+from . import summary as summaries
+from .summary import arm_key, is_search as _is_search, number as _num
 
 __all__ = ["COLUMNS", "rows_from_rest", "rows_from_trials", "read_experiment", "aggregate", "add_training_compute",
            "write_csv",
            "write_markdown", "plot", "write_outputs", "markdown_summary", "search_summary", "read_csv"]
 
 logger = logging.getLogger(__name__)
+
+
+def _arm_key(arm: str):
+    """Arms in the registry's report order (nni_splitting.arms.report_order)."""
+    return arm_key(arm, report_order())
+
+
+def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """:func:`nni_splitting.summary.aggregate` with the arms in the registry's report order."""
+    return summaries.aggregate(rows, report_order())
 
 COLUMNS = ["arm", "method", "seed", "step", "params", "flops", "params_ratio", "flops_ratio", "accuracy",
            "val_accuracy", "epochs", "wall_time", "mac_epochs", "total_mac_epochs", "experiment_id", "trial_id",
@@ -221,7 +233,8 @@ def search_summary(rows: List[Dict[str, Any]]) -> str:
             continue
         best = max(trained, key=lambda r: (_num(r["val_accuracy"]), -(_num(r.get("params")) or 0)))
         epochs = sum(_num(r.get("epochs")) or 0 for r in samples)
-        cost = sum(_num(r.get("mac_epochs")) or 0 for r in samples)
+        cost = sum(_num(r.get("mac_epochs")) or (_num(r.get("flops")) or 0) * (_num(r.get("epochs")) or 0)
+                   for r in samples)  # the whole search, over-budget samples (0 epochs) included
         lines.append(f"| {arm} | {len(samples)} | {len(trained)} | {epochs:.0f} | {cost / 1e9:.2f} | {best['trial_id']} | "
                      f"{100 * _num(best['params_ratio']):.2f} | {100 * _num(best['val_accuracy']):.2f} | "
                      f"{100 * _num(best['accuracy']):.2f} |")

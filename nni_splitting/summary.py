@@ -6,14 +6,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["ARM_ORDER", "number", "mean_std", "arm_key", "is_search", "aggregate"]
-
-ARM_ORDER = ["splitting", "l1", "slim", "fpgm", "taylor", "bn_slim", "random_split", "new_neurons", "scratch",
-             "l1_scratch", "slim_scratch", "fpgm_scratch", "taylor_scratch", "bn_slim_scratch", "uniform", "width",
-             "full"]
-
+__all__ = ["number", "mean_std", "arm_key", "is_search", "aggregate"]
 
 def number(value) -> Optional[float]:
     try:
@@ -32,8 +27,11 @@ def mean_std(values: List[float]):
     return mean, std
 
 
-def arm_key(arm: str):
-    return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm)
+def arm_key(arm: str, order: Sequence[str] = ()):
+    """Sort key of an arm label: its place in ``order`` (e.g. :func:`nni_splitting.arms.report_order`),
+    labels not in it last, by name."""
+    order = list(order)
+    return (order.index(arm) if arm in order else len(order), arm)
 
 
 def is_search(row: Dict[str, Any]) -> bool:
@@ -41,8 +39,8 @@ def is_search(row: Dict[str, Any]) -> bool:
     return row.get("method") == "width_search" or row.get("arm") == "width"
 
 
-def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Mean and standard deviation over seeds per (arm, step) (width search: per trial)."""
+def aggregate(rows: List[Dict[str, Any]], order: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """Mean and standard deviation over seeds per (arm, step) (width search: per trial), arms in ``order``."""
     groups: Dict[tuple, List[dict]] = defaultdict(list)
     for row in rows:
         if number(row.get("accuracy")) is None:
@@ -56,5 +54,5 @@ def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                        "total_mac_epochs"):
             summary[column], summary[column + "_std"] = mean_std([number(m.get(column)) for m in members])
         out.append(summary)
-    out.sort(key=lambda s: (arm_key(s["arm"]), s["params_ratio"] or 0))
+    out.sort(key=lambda s: (arm_key(s["arm"], order), s["params_ratio"] or 0))
     return out

@@ -69,14 +69,15 @@ def test_search_summary_picks_by_validation_not_test():
     def sample(trial_id, val, test, ratio, epochs=24.0):
         return {"id": trial_id, "status": "SUCCEEDED", "parameters": {},
                 "result": {"default": val or 0.0, "val_accuracy": val, "test_accuracy": test, "arm": "nas_tpe",
-                           "method": "width_search", "params": int(ratio * 1e5), "flops": 1, "params_ratio": ratio,
+                           "method": "width_search", "params": int(ratio * 1e5), "flops": 1e8, "params_ratio": ratio,
                            "epochs": epochs, "wall_time": 1.0}}
     trials = [sample("a", 0.90, 0.99, 0.02), sample("b", 0.95, 0.91, 0.03), sample("over", None, None, 0.4, 0.0)]
     rows = report.rows_from_trials(trials, "EXP")
     assert [r["accuracy"] for r in rows] == [0.99, 0.91, None]  # the table shows test accuracy ...
     line = report.search_summary(rows).splitlines()[-1]
-    # ... but the search picks by validation: b, not the test-best a; 3 samples, 2 trained, 48 epochs in all
-    assert line.startswith("| nas_tpe | 3 | 2 | 48 | b | 3.00 | 95.00 | 91.00 |"), line
+    # ... but the search picks by validation: b, not the test-best a; 3 samples, 2 trained, 48 epochs in all,
+    # 48 x 1e8 = 4.8 G MAC-epochs of search
+    assert line.startswith("| nas_tpe | 3 | 2 | 48 | 4.80 | b | 3.00 | 95.00 | 91.00 |"), line
     assert report.search_summary(report.rows_from_trials(_trials()[:6], "EXP")) == ""
 
 

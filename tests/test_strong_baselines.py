@@ -166,3 +166,30 @@ def test_strong_comparison_configs_build_the_tuner(name):
     assert sorted(tuner.pruners) == ["fpgm", "l1", "taylor"]
     seeds = sorted(int(entry.get("seed", args["trial"]["seed"])) for entry in args["lineage_settings"])
     assert seeds == ([0] if name == "cifar_strong.yml" else [1, 2])
+
+
+def test_an_arm_is_one_registry_entry(tmp_path):
+    """A toy arm registered here: the comparison accepts its switch, queues it by its own rule at each
+    reported step, `python -m nni_splitting.arms` runs it, and the report orders it after the others."""
+    from nni_splitting import arms
+    from nni_splitting.arms import ARM_SPECS, ArmOutcome, ArmSpec, register_arm, report_order
+
+    def run(ctx):
+        model = build_model("small_cnn", widths=[2, 2, 2], **ctx.kwargs)
+        return ArmOutcome(model, 0.5, 0.0, {"toy_column": 1})
+
+    register_arm("toy", ArmSpec(run, "toy_family", "toy", "toy", lambda view: [{"target_params": view.result["params"]}]))
+    try:
+        tuner = CompareTuner(max_steps=1, beam=1, arms=["toy"], seed_widths=[2, 4], trial={"epochs": 1})
+        tuner.end_hook = None
+        seed = tuner.generate_multiple_parameters([0])[0]
+        _report_step(tuner, tmp_path, seed, 123, [2, 4], "seed")
+        sent = tuner.generate_multiple_parameters(list(range(1, 5)))
+        toy = [p for p in sent if p["arm"] == "toy"]
+        assert len(toy) == 1 and toy[0]["target_params"] == 123 and toy[0]["step"] == 0
+        result = run_arm(resolve_arm_params({"arm": "toy", "model": "small_cnn", "dataset": "digits"}), tmp_path)
+        assert result["arm"] == "toy" and result["method"] == "toy_family" and result["toy_column"] == 1
+        assert report_order()[-1] == "toy"
+    finally:
+        ARM_SPECS.pop("toy")
+    assert "toy" not in arms.comparison_switches()

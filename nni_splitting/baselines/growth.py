@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 NEW_NEURON_INITS = ("match", "kaiming", "default")
 OUTGOING = ("zero", "random")
 WIDTH_CHOICES = (0.0625, 0.125, 0.25, 0.5, 0.75, 1.0)  # 1/16: down to the ultra-small models splitting grows
+#: finer choices where the budgets sit between 1/16 and 1/2 of the defaults (the strong CIFAR family: 10-30 %
+#: of its x0.75 full model is about 0.2-0.4 of its default widths)
+MODEL_WIDTH_CHOICES = {"mobilenet_cifar": (0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.5, 0.75, 1.0)}
 SEARCH_SPACE_MODELS = ("small_cnn", "mobilenet_v1", "mobilenet_cifar", "vgg19_bn")
 #: ``search_spaces/`` shipped as package data (nni_splitting/search_spaces/).
 SEARCH_SPACE_DIR = Path(__file__).resolve().parents[1] / "search_spaces"  # package data
@@ -313,11 +316,14 @@ def uniform_width_model(model_name: str, target_params: int, dummy_input: torch.
 # ---------------------------------------------------------------------------- width search spaces
 
 
-def width_search_space(model_name: str, choices: Sequence[float] = WIDTH_CHOICES) -> dict:
+def width_search_space(model_name: str, choices: Optional[Sequence[float]] = None) -> dict:
     """NNI HPO search space of per-layer width multipliers: ``{"mult_<i>": {"_type": "choice", "_value": [...]}}``.
 
-    One key per width layer of ``model_name`` (``mult_0`` is the first entry of its widths).
+    One key per width layer of ``model_name`` (``mult_0`` is the first entry of its widths); ``choices``
+    default to the model's own (:data:`MODEL_WIDTH_CHOICES`), else :data:`WIDTH_CHOICES`.
     """
+    if choices is None:
+        choices = MODEL_WIDTH_CHOICES.get(model_name, WIDTH_CHOICES)
 
     values = [float(c) for c in choices]
     if not values or any(not math.isfinite(v) or v <= 0 for v in values):

@@ -44,6 +44,7 @@ count is closest to the target is kept: the result is within one channel per lay
 from __future__ import annotations
 
 import copy
+import importlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,13 +59,32 @@ from ..models import current_widths, widths_of
 from ..nni_compat import speedup
 from ..training import seed_everything, torch_evaluator
 
-__all__ = ["PRUNERS", "PruneInfo", "prune_to_ratio", "prunable_groups", "pruning_config", "bn_slim_masks",
+__all__ = ["PRUNERS", "PrunerSpec", "PruneInfo", "prune_to_ratio", "prunable_groups", "pruning_config", "bn_slim_masks",
            "apply_masks", "widths_of"]
 
 logger = logging.getLogger(__name__)
 
-PRUNERS = ("l1", "slim", "fpgm", "taylor", "bn_slim")
-TRAINING_PRUNERS = ("slim", "taylor", "bn_slim")
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """One pruning method: the NNI 3.0 pruner class (by name in ``nni.compression.pruning``; ``None`` for
+    network slimming, which is ours), whether it trains through an evaluator, and its extra keywords."""
+
+    nni_class: Optional[str]
+    trains: bool = False
+    takes_regular_scale: bool = False
+
+
+#: name -> PrunerSpec: every pruning method of :func:`prune_to_ratio` and of the comparison's pruner arms.
+PRUNERS: Dict[str, PrunerSpec] = {
+    "l1": PrunerSpec("L1NormPruner"),
+    "slim": PrunerSpec("SlimPruner", trains=True, takes_regular_scale=True),
+    "fpgm": PrunerSpec("FPGMPruner"),
+    "taylor": PrunerSpec("TaylorPruner", trains=True),
+    "bn_slim": PrunerSpec(None, trains=True),
+}
+TRAINING_PRUNERS = tuple(name for name, spec in PRUNERS.items() if spec.trains)
 
 # A sparse ratio a hair above j / n, so that NNI's int(n * r) is exactly j despite rounding.
 _RATIO_NUDGE = 1e-9
@@ -219,15 +239,13 @@ def _as_evaluator(evaluator, model: nn.Module, work: nn.Module, dummy_input: tor
 
 def _nni_pruner(method: str, work: nn.Module, config: List[dict], evaluator, training_steps: int,
                 regular_scale: float):
-    from nni.compression.pruning import FPGMPruner, L1NormPruner, SlimPruner, TaylorPruner
-
-    if method == "l1":
-        return L1NormPruner(work, config)
-    if method == "fpgm":
-        return FPGMPruner(work, config)
-    if method == "slim":
-        return SlimPruner(work, config, evaluator, training_steps, regular_scale=regular_scale)
-    return TaylorPruner(work, config, evaluator, training_steps)
+    """The NNI pruner of ``method`` (:data:`PRUNERS`) on ``work``."""
+    spec = PRUNERS[method]
+    cls = getattr(importlib.import_module("nni.compression.pruning"), spec.nni_class)
+    if not spec.trains:
+        return cls(work, config)
+    extra = {"regular_scale": regular_scale} if spec.takes_regular_scale else {}
+    return cls(work, config, evaluator, training_steps, **extra)
 
 
 def _fold_slim_factors(pruner) -> None:
@@ -387,7 +405,7 @@ def prune_to_ratio(model: nn.Module, method: str, params_ratio: float, dummy_inp
     info : PruneInfo
     """
     if method not in PRUNERS:
-        raise ValueError(f"method={method!r} is not one of {PRUNERS}")
+        raise ValueError(f"method={method!r} is not one of {list(PRUNERS)}")
     params_ratio = _check_ratio(params_ratio)
     if isinstance(training_steps, bool) or not isinstance(training_steps, int) or training_steps <= 0:
         raise ValueError(f"training_steps={training_steps!r} must be a positive int")
@@ -404,7 +422,7 @@ def prune_to_ratio(model: nn.Module, method: str, params_ratio: float, dummy_inp
     target = int(round(params_ratio * base_params))
     work = copy.deepcopy(model).eval()
     seconds: Dict[str, float] = {}
-    if method == "bn_slim":
+    if PRUNERS[method].nni_class is None:  # network slimming: our own ranking of BN gammas
         knobs, masks_at = _bn_slim(model, work, groups, dummy_input, evaluator, training_steps, sparsity_penalty,
                                    lr, seconds)
     else:
