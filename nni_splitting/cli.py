@@ -166,6 +166,15 @@ def _lineage_endings(folder: Path) -> Dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
+def _tuner_pending(folder: Path):
+    """``pending()`` for :func:`~nni_splitting.nni.rest.wait`: the tuner's state file exists and says growth is
+    not finished (NNI may look idle while the tuner waits out a missing result before retrying)."""
+    def pending() -> bool:
+        state = _lineage_endings(folder)
+        return bool(state) and not state.get("finished", True)
+    return pending
+
+
 def _print_endings(folder: Path) -> Dict[str, str]:
     """Print why each lineage stopped; return the lineages that ended early (failures, corrupt files)."""
     state = _lineage_endings(folder)
@@ -207,11 +216,15 @@ def _watch_growth(args, experiment_id: str, port: int, workdir: Optional[str],
             print(f"NNI error: {error}", file=sys.stderr)
         if _print_endings(folder) and final in rest.SUCCESS_STATES:
             final = ENDED_EARLY
+        if _tuner_pending(folder)():
+            print("nni-splitting: the tuner had not finished growth when NNI went idle (see "
+                  f"{folder}/log/dispatcher.log)", file=sys.stderr)
+            final = "TUNER_UNFINISHED" if final in rest.SUCCESS_STATES else final
         return final
 
     final = nnictl.run_until_done(experiment_id, port, wait_limit(args, config), on_end, keep=args.keep,
                                   stopped_note=f"resume with: nni-splitting resume {experiment_id}",
-                                  on_poll=on_poll)
+                                  on_poll=on_poll, pending=_tuner_pending(folder))
     return 0 if final in rest.SUCCESS_STATES else 1
 
 
@@ -277,7 +290,8 @@ def _watch_comparison(args, config: Dict[str, Any], experiment_id: str, port: in
     final = nnictl.run_until_done(experiment_id, port, wait_limit(args, config), on_end, keep=args.keep,
                                   stopped_note=f"view later: nnictl view {experiment_id} --port {port}; "
                                                f"report: nni-splitting report {experiment_id}",
-                                  on_poll=progress_printer(time.time(), _start_check(folder)))
+                                  on_poll=progress_printer(time.time(), _start_check(folder)),
+                                  pending=_tuner_pending(folder))
     return 0 if final in rest.SUCCESS_STATES else 1
 
 

@@ -90,6 +90,46 @@ def test_wait_allows_a_slow_start_before_giving_up(monkeypatch):
     assert rest.wait(base, timeout=1, poll=0.2, gone_s=None) == "TIMEOUT"  # None: wait whatever happens
 
 
+class _IdleNNI(_FakeNNI):
+    def do_GET(self):  # noqa: N802
+        body = json.dumps({"status": "TUNER_NO_MORE_TRIAL", "errors": []} if "check-status" in self.path
+                          else [{"status": "SUCCEEDED"}]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_idle_nni_is_not_the_end_while_the_tuner_has_work_pending():
+    """Item 6: NNI idles in TUNER_NO_MORE_TRIAL while the tuner waits out a missing result (60 s) before
+    retrying; before, the CLI took 20 s of idleness for the end and stopped the experiment with a
+    node left "running" in splitting_tuner.json."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _IdleNNI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = rest.rest_url(server.server_address[1])
+    try:
+        started = time.time()
+        assert rest.wait(base, timeout=60, poll=0.1, settle_s=0.3, pending=lambda: True,
+                         pending_settle_s=2.0) == "TUNER_NO_MORE_TRIAL"
+        assert time.time() - started >= 2.0
+        started = time.time()
+        assert rest.wait(base, timeout=60, poll=0.1, settle_s=0.3, pending=lambda: False) == "TUNER_NO_MORE_TRIAL"
+        assert time.time() - started < 2.0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_cli_reads_whether_the_tuner_has_finished(tmp_path):
+    from nni_splitting.cli import _tuner_pending
+    pending = _tuner_pending(tmp_path)
+    assert not pending()  # no state file: nothing to wait for
+    atomic_write_json(tmp_path / "checkpoint" / "splitting_tuner.json", {"finished": False, "stopped": {}})
+    assert pending()
+    atomic_write_json(tmp_path / "checkpoint" / "splitting_tuner.json", {"finished": True, "stopped": {}})
+    assert not pending()
+
+
 # ---------------------------------------------------------------- item 2: stop signals
 
 def test_sigterm_and_sighup_interrupt_like_ctrl_c():
@@ -421,9 +461,8 @@ def test_corrupt_checkpoint_falls_back_to_the_ancestor_and_the_lineage_completes
     config, path = _long_child_config(tmp_path, max_steps=2)
     config["tuner"]["classArgs"]["trial"].update(epochs=6)
     write_config(config, path)
-    port = nnictl.free_port(start=34000 + os.getpid() % 20000)
-    experiment_id = nnictl.create(path, port)
-    base = rest.rest_url(port)
+    experiment_id, port = nnictl.start(load_config(path), path.name, nnictl.free_port(start=34000 + os.getpid() % 20000))
+    base = rest.rest_url(port)  # (start: the "tuner did not connect in 10 s" race of a busy machine is retried)
     try:
         assert rest.wait(base, timeout=300, min_succeeded=2) != "TIMEOUT"
         step1 = next(t for t in rest.read_trials(base) if t["status"] == "SUCCEEDED" and t["result"]["step"] == 1)
@@ -479,14 +518,14 @@ def test_random_trial_kills_with_concurrency_two_lose_no_lineage(tmp_path):
     config["trialConcurrency"] = 2
     config["tuner"]["classArgs"]["trial"].update(epochs=3)
     write_config(config, path)
-    port = nnictl.free_port(start=35000 + os.getpid() % 20000)
-    experiment_id = nnictl.create(path, port)
+    experiment_id, port = nnictl.start(load_config(path), path.name, nnictl.free_port(start=35000 + os.getpid() % 20000))
     base = rest.rest_url(port)
     stop_event, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_at_random, args=(base, random.Random(os.getpid()), 3, stop_event, killed))
     killer.start()
     try:
-        final = rest.wait(base, timeout=540, settle_s=60)
+        state_file = tmp_path / "nni" / experiment_id / "checkpoint" / "splitting_tuner.json"
+        final = rest.wait(base, timeout=540, pending=lambda: not json.loads(state_file.read_text())["finished"])
         stop_event.set()
         killer.join()
         state = json.loads((tmp_path / "nni" / experiment_id / "checkpoint" / "splitting_tuner.json").read_text())

@@ -345,7 +345,7 @@ def trial_start_failure(folder: Path) -> Optional[str]:
 def run_until_done(experiment_id: str, port: int, timeout: float, on_end: Callable[[str, str], Optional[str]],
                    keep: bool = False, stopped_note: str = "",
                    on_poll: Optional[Callable[[str, List[str]], Optional[str]]] = None,
-                   gone_s: float = rest.GONE_S) -> str:
+                   gone_s: float = rest.GONE_S, pending: Optional[Callable[[], bool]] = None) -> str:
     """Wait for the experiment's end, call ``on_end(base, final)``, and stop it by id unless ``keep``.
 
     The experiment is stopped whatever happens (Ctrl-C, SIGTERM, SIGHUP, an error in ``on_end``;
@@ -353,13 +353,13 @@ def run_until_done(experiment_id: str, port: int, timeout: float, on_end: Callab
     the final status (e.g. ``"NO_SUCCESS"``).  ``on_poll`` may end the wait early (see
     :func:`~nni_splitting.nni.rest.wait`).  When NNI's server stops answering for ``gone_s`` seconds
     (``nnictl stop`` from elsewhere) the wait ends with :data:`GONE` and ``on_end`` is still called
-    (its ``base`` no longer answers).  Returns the final status (``"INTERRUPTED"`` after a signal).
+    (its ``base`` no longer answers).  ``pending``: see :func:`~nni_splitting.nni.rest.wait`.  Returns the final status (``"INTERRUPTED"`` after a signal).
     """
     base = rest.rest_url(port)
     final = "UNKNOWN"
     with interrupt_on_signals():
         try:
-            final = rest.wait(base, timeout=timeout, on_poll=on_poll, gone_s=gone_s)
+            final = rest.wait(base, timeout=timeout, on_poll=on_poll, gone_s=gone_s, pending=pending)
             if final == GONE:
                 print(f"experiment {experiment_id}: NNI stopped answering on port {port} (stopped from outside, "
                       f"e.g. by nnictl stop?)", file=sys.stderr, flush=True)

@@ -56,6 +56,9 @@ GONE = "GONE"
 GONE_S = 10.0
 #: Before NNI ever answered, refused connections are waited for at least this long (a slow start).
 FIRST_ANSWER_S = 60.0
+#: Idle seconds accepted as the end while the tuner says it has work pending (its grace period for a
+#: missing result, 60 s, plus its polling, plus a margin).
+PENDING_SETTLE_S = 180.0
 ACTIVE_TRIAL_STATES = ("WAITING", "RUNNING", "UNKNOWN")
 
 
@@ -93,13 +96,17 @@ def refused(error: BaseException) -> bool:
 
 def wait(base: str, timeout: float = 600, poll: float = 3.0, min_succeeded: Optional[int] = None,
          settle_s: float = 20.0, on_poll: Optional[Callable[[str, List[str]], Optional[str]]] = None,
-         gone_s: Optional[float] = GONE_S) -> str:
+         gone_s: Optional[float] = GONE_S, pending: Optional[Callable[[], bool]] = None,
+         pending_settle_s: float = PENDING_SETTLE_S) -> str:
     """Wait until the experiment has finished (see the module docstring) or ``min_succeeded`` trials succeeded.
 
     ``on_poll(status, trial_states)`` is called after each successful poll; when it returns a string,
     waiting ends with that string as the status (e.g. ``"TRIALS_CANNOT_START"``).  ``gone_s``: seconds
     of refused connections (at least :data:`FIRST_ANSWER_S` before NNI's first answer) after which
     the experiment is given up as :data:`GONE`; None waits until ``timeout`` whatever happens.
+    ``pending()``: the tuner still has work (its state file says it has not finished, e.g. a trial
+    whose result did not come is about to be retried after its grace period): the idle fallback
+    then waits ``pending_settle_s`` instead of ``settle_s``.
 
     Returns
     -------
@@ -139,7 +146,7 @@ def wait(base: str, timeout: float = 600, poll: float = 3.0, min_succeeded: Opti
             return last
         if last in IDLE_STATES and states and not any(s in ACTIVE_TRIAL_STATES for s in states):
             idle_since = idle_since or time.time()
-            if time.time() - idle_since >= settle_s:
+            if time.time() - idle_since >= (pending_settle_s if pending is not None and pending() else settle_s):
                 return last
         else:
             idle_since = None
