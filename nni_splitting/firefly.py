@@ -39,7 +39,7 @@ from torch.func import functional_call
 from .baselines.growth import add_new_neurons
 from .defaults import EPSILON, GROW_RATIO
 from .firefly_layer import FireflyLayer, load_firefly, save_firefly  # re-exported
-from .graph import NeuronGroup, find_neuron_groups, trace_model
+from .graph import DEPTHWISE, NeuronGroup, find_neuron_groups, handler_for, trace_model
 from .splitting import LayerSplitting, materialize_batches
 from .surgery import apply_splits
 
@@ -321,7 +321,7 @@ def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
         filters = {}
         for follower in group.followers:
             module = augmented.model.get_submodule(follower)
-            if isinstance(module, nn.Conv2d) and counts[name]:
+            if counts[name] and handler_for(module) is not None and handler_for(module).role(module) == DEPTHWISE:
                 filters[follower] = module.weight.detach()[augmented.rows[name]:].clone()
         results[name] = FireflyLayer(name, group, split_scores.to(torch.float64), new_scores, directions, inputs,
                                      outputs, filters, float(epsilon), float(new_epsilon), example.detach().cpu())

@@ -21,6 +21,7 @@ from typing import Dict, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from .graph import handler_for
 from .splitting import LayerSplitting
 
 __all__ = ["EPSILON_SCALES", "SYMMETRY_BREAKING", "neuron_norms", "scale_directions", "break_symmetry"]
@@ -85,9 +86,10 @@ def break_symmetry(grown: nn.Module, splits: Mapping[str, LayerSplitting], plan:
                 std = (scale * norms / math.sqrt(d)).view(-1, *([1] * (producer.weight.dim() - 1)))
                 producer.weight[new] += (noise.to(producer.weight) * std)
                 continue
-            norms_of = [modules[f] for f in splits[layer].group.followers
-                        if isinstance(modules[f], (nn.BatchNorm1d, nn.BatchNorm2d)) and modules[f].weight is not None]
-            if not norms_of:
+            scales = [handler_for(modules[f]).channel_scale(modules[f]) for f in splits[layer].group.followers
+                      if handler_for(modules[f]) is not None]
+            scales = [gamma for gamma in scales if gamma is not None]
+            if not scales:
                 raise ValueError(f"symmetry_breaking='bn_scale' needs a BatchNorm after {layer}; it has none")
-            norms_of[0].weight[new] *= 1 + scale
+            scales[0][new] *= 1 + scale
     return grown

@@ -35,7 +35,7 @@ import torch.nn as nn
 from ..defaults import EPSILON
 from ..models import WidthModel, build_model, default_widths, rebuild, scale_widths
 from ..counting import count_model
-from ..graph import NeuronGroup, find_neuron_groups, trace_model
+from ..graph import CHANNELWISE, DEPTHWISE, NeuronGroup, find_neuron_groups, handler_for, trace_model
 from ..splitting import LayerSplitting
 from ..surgery import apply_splits
 
@@ -241,11 +241,12 @@ def add_new_neurons(model: nn.Module, example_input: torch.Tensor, n: Count, see
             _set_rows(producer, "bias", new, torch.zeros(len(plan[name])))
         for follower in group.followers:
             module = grown.get_submodule(follower)
-            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                for attribute, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
-                    if getattr(module, attribute, None) is not None:
-                        _set_rows(module, attribute, new, torch.full((len(plan[name]),), value))
-            elif isinstance(module, nn.Conv2d):  # the depthwise conv
+            handler = handler_for(module)
+            role = handler.role(module) if handler is not None else None
+            if role == CHANNELWISE:  # e.g. a BatchNorm: the new channels pass through unchanged
+                for attribute, value in handler.fresh_channel_values(module).items():
+                    _set_rows(module, attribute, new, torch.full((len(plan[name]),), value))
+            elif role == DEPTHWISE:  # the depthwise conv: fresh filters like the producer's
                 reference = model.get_submodule(follower).weight.detach()
                 _set_rows(module, "weight", new, _fresh(module.weight.detach(), len(plan[name]), init, generator, reference))
                 if module.bias is not None:

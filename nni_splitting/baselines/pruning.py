@@ -54,7 +54,7 @@ import torch
 import torch.nn as nn
 
 from ..counting import count_model
-from ..graph import NeuronGroup, find_neuron_groups, trace_model
+from ..graph import NeuronGroup, find_neuron_groups, handler_for, trace_model
 from ..models import current_widths, widths_of
 from ..nni_compat import speedup
 from ..training import seed_everything, torch_evaluator
@@ -344,10 +344,11 @@ def _bn_order(model: nn.Module, groups: Mapping[str, NeuronGroup]):
 def _bn_slim(model: nn.Module, work: nn.Module, groups: Dict[str, NeuronGroup], dummy_input, evaluator,
              training_steps: int, sparsity_penalty: float, lr: float, info_seconds):
     evaluator = _as_evaluator(evaluator, model, work, dummy_input, lr)
-    norms = [m for m in work.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.weight is not None]
+    norms = [m for m in work.modules()  # every module with a per-channel scale: each BatchNorm's gamma
+             if handler_for(m) is not None and handler_for(m).channel_scale(m) is not None]
 
     def penalty(loss, batch):  # network slimming: L1 on every BatchNorm scale
-        return loss + sparsity_penalty * sum(m.weight.abs().sum() for m in norms)
+        return loss + sparsity_penalty * sum(handler_for(m).channel_scale(m).abs().sum() for m in norms)
 
     start = time.perf_counter()
     evaluator.bind_model(work)

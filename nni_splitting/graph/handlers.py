@@ -171,6 +171,16 @@ class LayerHandler:
         raise NotImplementedError(f"{type(self).__name__} cannot widen the inputs of {type(module).__name__}")
 
     # -- followers (roles CHANNELWISE, DEPTHWISE)
+    def channel_scale(self, module: nn.Module) -> Optional[torch.Tensor]:
+        """The learnable per-channel scale of a ``CHANNELWISE`` module (a BatchNorm's ``gamma``), or ``None``:
+        what network slimming ranks and ``bn_scale`` symmetry breaking perturbs."""
+        return None
+
+    def fresh_channel_values(self, module: nn.Module) -> Dict[str, float]:
+        """``{tensor name: value}`` that make new channels of a ``CHANNELWISE`` module the identity (a new
+        neuron behind a BatchNorm); empty when nothing needs setting."""
+        return {}
+
     def duplicate_channels(self, module: nn.Module, indices: List[int]) -> None:
         """Copy channels ``indices`` to the end of the module's channel dimension."""
         raise NotImplementedError(f"{type(self).__name__} cannot duplicate channels of {type(module).__name__}")
@@ -379,6 +389,13 @@ class BatchNormHandler(LayerHandler):
     def duplicate_channels(self, module, indices):
         _duplicate(module, indices, ["weight", "bias", "running_mean", "running_var"])
         module.num_features += len(indices)
+
+    def channel_scale(self, module):
+        return module.weight
+
+    def fresh_channel_values(self, module):
+        values = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+        return {name: value for name, value in values.items() if getattr(module, name, None) is not None}
 
 
 class ParameterFreeHandler(LayerHandler):
