@@ -35,6 +35,7 @@ from .activations import DEFAULT_SURROGATE_BETA
 from .counting import count_model, neuron_costs
 from .defaults import EPSILON, METHOD, SELECTION, THRESHOLD
 from .graph import find_neuron_groups, trace_model
+from .nni_compat import bind_evaluator
 from .selection import rule_options, select, split_count
 from .splitting import LayerSplitting
 from .strategies import GrowthStrategy, make_strategy
@@ -207,7 +208,7 @@ class SplittingGrower:
             return model
         if hasattr(self.evaluator, "bind_model"):  # an NNI Evaluator
             if not self._evaluator_ready:
-                self.evaluator._init_optimizer_helpers(self.model)
+                bind_evaluator(self.evaluator, self.model, always=True)
                 self._evaluator_ready = True
             self.evaluator.bind_model(model)
             try:

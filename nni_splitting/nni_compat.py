@@ -17,6 +17,10 @@ microsoft/nni#5768) in two places:
 tensor constructors no model forward calls) and replaces the wrapper by one that accepts and
 ignores extra arguments. Nothing happens at import: call it explicitly before ``ModelSpeedup``
 (:mod:`nni_splitting.baselines.pruning` does). :func:`revert_nni_compat` undoes it.
+
+This module is also the one place that touches NNI's private attributes (each a break on the next NNI
+release): binding an evaluator to a model's parameter names, capturing a pruner's metrics to
+re-threshold them without re-training, its target spaces and masks, and SlimPruner's learned factors.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ import functools
 import logging
 from typing import Dict, List, Optional
 
-__all__ = ["apply_nni_compat", "revert_nni_compat", "nni_compat_applied", "compat_problems", "speedup"]
+__all__ = ["apply_nni_compat", "revert_nni_compat", "nni_compat_applied", "compat_problems", "speedup",
+           "bind_evaluator", "capture_pruner_metrics", "ratio_spaces", "pruner_masks", "fold_slim_factors"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +153,54 @@ def _quiet_logger() -> logging.Logger:
         quiet.addHandler(logging.NullHandler())
         quiet.propagate = False
     return quiet
+
+
+# ---------------------------------------------------------------------------- NNI 3.0's private attributes
+
+
+def bind_evaluator(evaluator, model, always: bool = False) -> None:
+    """Record ``model``'s parameter names in an NNI evaluator (NNI maps optimizer parameters by identity to
+    the names of the model it was built on; the pruners and the grower train copies with the same names).
+    Unless ``always``, an evaluator already bound is left as it is."""
+    if always or not evaluator._initialization_complete:
+        evaluator._init_optimizer_helpers(model)
+
+
+def capture_pruner_metrics(pruner) -> Dict[str, object]:
+    """Make ``pruner.compress()`` keep its metrics in the returned dict (key ``"metrics"``), so that masks
+    at other sparse ratios can be made from them without running the pruner again."""
+    captured: Dict[str, object] = {}
+    calculate = pruner._calculate_metrics
+
+    def capture(data):
+        captured["metrics"] = calculate(data)
+        return captured["metrics"]
+
+    pruner._calculate_metrics = capture
+    return captured
+
+
+def ratio_spaces(pruner) -> list:
+    """The pruner's target spaces pruned by a sparse ratio (weights; biases follow through NNI's ``align``)."""
+    return [space for per_module in pruner._target_spaces.values() for space in per_module.values()
+            if space.sparse_ratio is not None]
+
+
+def pruner_masks(pruner, metrics):
+    """NNI's masks of ``metrics`` at the target spaces' current sparse ratios."""
+    return pruner._generate_sparsity(metrics)
+
+
+def fold_slim_factors(pruner) -> None:
+    """Multiply SlimPruner's learned factors into the wrapped weights (NNI's unwrap would drop them)."""
+    import torch
+
+    for spaces in pruner._target_spaces.values():
+        for target_name, space in spaces.items():
+            factor = getattr(space._wrapper, f"{target_name}_slim_factor", None)
+            if factor is None or space.target is None:
+                continue
+            if space._scaler is not None:
+                factor = space._scaler.expand(factor.detach(), space.shape, keepdim=True, full_expand=False)
+            with torch.no_grad():
+                space.target.mul_(factor.detach())

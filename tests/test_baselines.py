@@ -107,7 +107,7 @@ def test_slim_factors_are_folded_into_the_weights():
     """NNI's unwrap drops SlimPruner's trained factors; folding keeps the function that was trained."""
     from nni.compression.pruning import SlimPruner
 
-    from nni_splitting.baselines.pruning import _fold_slim_factors
+    from nni_splitting.nni_compat import fold_slim_factors as _fold_slim_factors
     from nni_splitting.training import torch_evaluator
 
     torch.manual_seed(0)

@@ -56,7 +56,8 @@ import torch.nn as nn
 from ..counting import count_model
 from ..graph import NeuronGroup, find_neuron_groups, handler_for, trace_model
 from ..models import current_widths, widths_of
-from ..nni_compat import speedup
+from .. import nni_compat
+from ..nni_compat import bind_evaluator, capture_pruner_metrics, pruner_masks, ratio_spaces, speedup
 from ..training import seed_everything, torch_evaluator
 
 __all__ = ["PRUNERS", "PrunerSpec", "PruneInfo", "prune_to_ratio", "prunable_groups", "pruning_config", "bn_slim_masks",
@@ -225,14 +226,13 @@ def _as_evaluator(evaluator, model: nn.Module, work: nn.Module, dummy_input: tor
         raise ValueError("this pruner trains: pass evaluator= (an NNI Evaluator built for the model, or a "
                          "DataLoader of (inputs, targets))")
     if isinstance(evaluator, Evaluator):
-        if not evaluator._initialization_complete:
-            # NNI maps optimizer parameters by identity to names of the model the optimizer was built
-            # on; we train a copy with the same names, so record the names on the original.
-            evaluator._init_optimizer_helpers(model)
+        # NNI maps optimizer parameters by identity to names of the model the optimizer was built
+        # on; we train a copy with the same names, so record the names on the original.
+        bind_evaluator(evaluator, model)
         return evaluator
     if isinstance(evaluator, Iterable):
         built = torch_evaluator(work, evaluator, lr=lr, dummy_input=dummy_input)
-        built._init_optimizer_helpers(work)
+        bind_evaluator(built, work)
         return built
     raise ValueError(f"evaluator must be an NNI Evaluator or a DataLoader, got {type(evaluator).__name__}")
 
@@ -248,32 +248,12 @@ def _nni_pruner(method: str, work: nn.Module, config: List[dict], evaluator, tra
     return cls(work, config, evaluator, training_steps, **extra)
 
 
-def _fold_slim_factors(pruner) -> None:
-    """Multiply SlimPruner's learned factors into the wrapped weights (NNI's unwrap would drop them)."""
-    for _, spaces in pruner._target_spaces.items():
-        for target_name, space in spaces.items():
-            factor = getattr(space._wrapper, f"{target_name}_slim_factor", None)
-            if factor is None or space.target is None:
-                continue
-            if space._scaler is not None:
-                factor = space._scaler.expand(factor.detach(), space.shape, keepdim=True, full_expand=False)
-            with torch.no_grad():
-                space.target.mul_(factor.detach())
-
-
 def _nni_prune(method: str, model: nn.Module, work: nn.Module, groups: Dict[str, NeuronGroup], dummy_input,
                evaluator, training_steps: int, regular_scale: float, fold_slim_factors: bool, lr: float, info_seconds):
     if method in TRAINING_PRUNERS:
         evaluator = _as_evaluator(evaluator, model, work, dummy_input, lr)
     pruner = _nni_pruner(method, work, pruning_config(groups, 0.5), evaluator, training_steps, regular_scale)
-    captured: Dict[str, Any] = {}
-    calculate = pruner._calculate_metrics
-
-    def capture(data):  # the pruner's metrics, kept for re-thresholding without re-training
-        captured["metrics"] = calculate(data)
-        return captured["metrics"]
-
-    pruner._calculate_metrics = capture
+    captured = capture_pruner_metrics(pruner)  # kept for re-thresholding without re-training
     start = time.perf_counter()
     pruner.compress()
     info_seconds["train" if method in TRAINING_PRUNERS else "metrics"] = time.perf_counter() - start
@@ -281,16 +261,15 @@ def _nni_prune(method: str, model: nn.Module, work: nn.Module, groups: Dict[str,
         raise RuntimeError(f"NNI's {type(pruner).__name__} generated no masks: did the evaluator's training "
                            f"function run {training_steps} optimizer steps?")
     if method == "slim" and fold_slim_factors:
-        _fold_slim_factors(pruner)
+        nni_compat.fold_slim_factors(pruner)
     pruner.unwrap_model()
     # Only the spaces pruned by ratio (weights); biases follow their weight through NNI's ``align``.
-    spaces = [space for per_module in pruner._target_spaces.values() for space in per_module.values()
-              if space.sparse_ratio is not None]
+    spaces = ratio_spaces(pruner)
 
     def masks_at(ratio: float) -> dict:
         for space in spaces:
             space.sparse_ratio = float(ratio)
-        masks = pruner._generate_sparsity(captured["metrics"])
+        masks = pruner_masks(pruner, captured["metrics"])
         # NNI returns metric-shaped masks (e.g. [C, 1, 1, 1]); ModelSpeedup wants the target's shape.
         return {name: {target: mask.expand_as(getattr(work.get_submodule(name), target)).clone()
                        for target, mask in per_target.items() if mask is not None}
