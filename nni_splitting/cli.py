@@ -47,7 +47,7 @@ from .compare import CompareClassArgsValidator
 from .nni import nnictl, rest
 from .nni.config import is_splitting_tuner, load_config
 from .nni.table import best_row, format_table, lineage_rows, progress_printer
-from .tuner_args import SplittingArguments, SplittingClassArgsValidator, check_seed
+from .tuner_args import SplittingArguments, SplittingClassArgsValidator, check_own_seed, check_seed, model_known
 
 __all__ = ["main", "build_parser", "validate_config", "REGISTRATION", "PUBLIC_WARNING"]
 
@@ -89,7 +89,19 @@ def validate_config(config: Dict[str, Any], compare: bool = False) -> None:
             SplittingClassArgsValidator().validate_class_args(**class_args)
         if compare or is_splitting_tuner(tuner):  # the seed network builds (e.g. as many widths as the model has)
             defaults = SplittingArguments()
-            check_seed(class_args.get("model", defaults.model), class_args.get("seed_widths", defaults.seed_widths))
+            model = class_args.get("model", defaults.model)
+            if model_known(model):
+                check_seed(model, class_args.get("seed_widths", defaults.seed_widths))
+            else:  # the user's own model: built, traced, and what growth leaves out said once
+                code = str(config.get("trialCodeDirectory") or ".")  # where the trials import it from
+                sys.path.insert(0, code)
+                try:
+                    excluded = check_own_seed(model, class_args.get("model_args"), class_args.get("weights"),
+                                              class_args.get("trial"))
+                finally:
+                    sys.path.remove(code)
+                for layer, reason in excluded.items():
+                    print(f"not grown: {layer}: {reason}", file=sys.stderr, flush=True)
     except (ValueError, TypeError) as error:
         raise ValueError(f"bad classArgs for the {'comparison' if compare else 'splitting'} tuner: {error}") from None
 
@@ -339,6 +351,12 @@ def _nas(args) -> int:
     experiment_id = nas.run_nas_width_search(args.model, args.strategy, args.trials, args.max_params_ratio,
                                              settings, concurrency=args.concurrency, port=args.port, out=args.out)
     print(f"experiment {experiment_id} (stopped); results in {args.out}")
+    if args.grow_config:  # the search's top model as the seed of a growth experiment
+        best = nas.export_growth_config(Path(args.out) / "results.csv", args.grow_template, args.grow_config,
+                                        args.model)
+        print(f"growth config {args.grow_config}: seed widths {best['widths']} (trial {best['trial_id']}); "
+              f"nni-splitting run --config {args.grow_config}, then "
+              f"nni-splitting report <its id> --merge {Path(args.out) / 'results.csv'}")
     return 0
 
 
@@ -410,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--port", type=int, default=8091)
     search.add_argument("--out", default="results/nas", help="folder for results.csv, results.md, compare.png")
     search.add_argument("--public", action="store_true", help="serve NNI's dashboard on every interface")
+    search.add_argument("--grow-config", help="also write a growth config seeded with the top model here")
+    search.add_argument("--grow-template", default=str(Path(__file__).resolve().parent.parent / "experiments" /
+                                                       "digits.yml"),
+                        help="the growth config it is written from (default experiments/digits.yml)")
     search.set_defaults(func=_nas)
     register = commands.add_parser("register", help="register the tuner with nnictl as 'Splitting'")
     register.add_argument("--meta", default=str(REGISTRATION), help="registration meta file")

@@ -42,6 +42,7 @@ __all__ = [
     "DatasetSplits",
     "load_dataset",
     "splits_from_factory",
+    "input_shape_of",
     "make_loaders",
     "dummy_input",
     "read_idx",
@@ -272,6 +273,18 @@ def _load_mnist(name: str, data_dir, **split_args) -> DatasetSplits:
 
 # ---------------------------------------------------------------------------
 # Public API
+
+
+#: Input shape ``(C, H, W)`` of one example of each built-in data set (known without reading it).
+INPUT_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}
+
+
+def input_shape_of(name: str, dataset_args=None) -> tuple:
+    """The input shape of data set ``name``: known for the built-in ones, the user's factory is called."""
+    key = name.lower().replace("-", "_") if isinstance(name, str) else None
+    if key in INPUT_SHAPES:
+        return INPUT_SHAPES[key]
+    return tuple(splits_from_factory(name, dataset_args).input_shape)
 
 
 def splits_from_factory(path: str, dataset_args=None) -> DatasetSplits:

@@ -327,7 +327,8 @@ def trial_params(args, node: Node, widths, width_multiplier, plan: Plan, parent:
     info = (parent.info or {}) if parent else {}
     result = (parent.result or {}) if parent else {}
     settings.update(
-        model=args.model, widths=widths, width_multiplier=width_multiplier,
+        model=args.model, model_args=dict(getattr(args, "model_args", None) or {}),
+        weights=getattr(args, "weights", None) or "", widths=widths, width_multiplier=width_multiplier,
         node_id=node.node_id, lineage=node.lineage, step=node.step, attempt=node.attempt,
         parent=parent.trial_id if parent else "", parent_node=parent.node_id if parent else "",
         parent_checkpoint=result.get("checkpoint", info.get("checkpoint", "")) if parent else "",

@@ -32,11 +32,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, file_sha256
 from .counting import count_model, neuron_costs
 from .defaults import EPSILON, METHOD
 from .data import DATASETS, dummy_input, load_dataset, make_loaders
+from .importing import is_import_path
 from .models import build_model, current_widths, scale_widths
+from .models.spec import build_seed, is_registered
+from .networks import load_network, network_widths, save_network
 from .firefly import apply_firefly, compute_firefly, load_firefly, save_firefly
 from .signed import COPIES as SIGNED_COPIES
 from .signed import apply_signed_splits, signed_indexes
@@ -56,7 +59,8 @@ GROWTH_STRATEGIES = ("s2d", "s3d", "firefly")
 
 #: Training settings (the tuner's ``trial`` classArg overrides them).
 TRAIN_DEFAULTS: Dict[str, Any] = {
-    "dataset": "digits",       # nni_splitting.data.DATASETS
+    "dataset": "digits",       # nni_splitting.data.DATASETS, or the user's factory "package.module:function"
+    "dataset_args": {},        # keywords of the user's data set factory
     "data_dir": None,          # folder of the data set files (not needed for digits)
     "epochs": 8,               # epochs of every trial ...
     "seed_epochs": None,       # ... except the seed network (step 0), when set
@@ -98,7 +102,9 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
 
 #: Architecture and lineage keys (set by the tuner).
 ARCH_DEFAULTS: Dict[str, Any] = {
-    "model": "small_cnn",
+    "model": "small_cnn",      # a registered name, or the user's factory / a torchvision name (nni_splitting.networks)
+    "model_args": {},          # keywords of the user's model factory
+    "weights": "",             # the seed's trained state_dict (a file, read with weights_only=True)
     "widths": None,            # explicit widths of the network to train (a child's grown widths)
     "width_multiplier": 0.25,  # seed network: this times the model's default widths (if widths is None)
     "node_id": "",
@@ -137,8 +143,11 @@ def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown trial settings {unknown}; known: {sorted(TRAIN_DEFAULTS)}")
     merged = {**TRAIN_DEFAULTS, **settings}
-    if merged["dataset"] not in DATASETS:
-        raise ValueError(f"trial.dataset must be one of {list(DATASETS)}, got {merged['dataset']!r}")
+    if merged["dataset"] not in DATASETS and not is_import_path(merged["dataset"]):
+        raise ValueError(f"trial.dataset must be one of {list(DATASETS)} or a factory 'package.module:function', "
+                         f"got {merged['dataset']!r}")
+    if not isinstance(merged["dataset_args"], dict):
+        raise ValueError(f"trial.dataset_args must be a mapping, got {merged['dataset_args']!r}")
     if merged["data_dir"] is not None and not isinstance(merged["data_dir"], str):
         raise ValueError(f"trial.data_dir must be a path string, got {merged['data_dir']!r}")
     for key in _INT_KEYS:
@@ -227,9 +236,11 @@ def build_network(params: Dict[str, Any], data) -> nn.Module:
     """
     name = params["model"]
     if not params["parent_checkpoint"]:
+        if not is_registered(name):  # the user's own model: its factory builds the seed
+            return build_seed(name, params["model_args"], params["weights"] or None)
         widths = params["widths"] or scale_widths(name, params["width_multiplier"] or 1.0)
         return build_model(name, widths=list(widths), **model_kwargs(name, data))
-    parent, state = load_checkpoint(params["parent_checkpoint"])
+    parent, state = load_network(params["parent_checkpoint"])
     plan = {k: [int(i) for i in v] for k, v in (params["split_plan"] or {}).items()}
     if params["growth_strategy"] == "firefly":  # candidate j < n: split neuron j; n + k: new neuron k
         try:
@@ -252,11 +263,31 @@ def build_network(params: Dict[str, Any], data) -> nn.Module:
 
 
 def _check_grown(model: nn.Module, params: Dict[str, Any], state: dict) -> nn.Module:
-    grown = current_widths(model)
+    grown = network_widths(model, torch.zeros(1, *state["input_shape"]))[1] if "layer_widths" in state else \
+        current_widths(model)
     if params["widths"] is not None and list(params["widths"]) != grown:
         raise RuntimeError(f"splitting {params['split_plan']} of widths {state['widths']} gave {grown}, "
                            f"but the tuner expected {params['widths']}")
     return model
+
+
+def _growth_change(params: Dict[str, Any], model: nn.Module, example: torch.Tensor) -> Optional[float]:
+    """Largest change of the outputs on ``example`` from the parent to the grown network before training
+    (0 for function-preserving growth at ``epsilon: 0``); None for a seed or a network that cannot run it."""
+    if not params["parent_checkpoint"]:
+        return None
+    try:
+        parent, _ = load_network(params["parent_checkpoint"])
+        batch = example.expand(8, *example.shape[1:]).clone().normal_(generator=torch.Generator().manual_seed(0))
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            change = float((model(batch) - parent.eval()(batch)).abs().max())
+        model.train(was_training)
+        return change
+    except Exception as error:  # a diagnostic only: never fail the trial for it
+        _logger.warning("could not compare the grown network with its parent: %s", error)
+        return None
 
 
 def device_of(name: str) -> torch.device:
@@ -307,10 +338,13 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
     if params["num_threads"]:
         torch.set_num_threads(params["num_threads"])
     data = load_dataset(params["dataset"], data_dir=params["data_dir"], val_fraction=params["val_fraction"],
-                        per_class=params["per_class"], seed=params["data_seed"])
+                        per_class=params["per_class"], seed=params["data_seed"], dataset_args=params["dataset_args"])
     torch.manual_seed(params["seed"])
-    model = build_network(params, data).to(device_of(params["device"]))
-    widths = current_widths(model)
+    dummy = dummy_input(data)
+    model = build_network(params, data)
+    growth_change = _growth_change(params, model, dummy)
+    width_layers, widths = network_widths(model, dummy)
+    model = model.to(device_of(params["device"]))
     _logger.info("node %s (lineage %s, step %s): %s with widths %s on %s", params["node_id"] or "-",
                  params["lineage"], params["step"], params["model"], widths, next(model.parameters()).device)
     loaders = make_loaders(data, batch_size=params["batch_size"], seed=params["seed"],
@@ -323,7 +357,6 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint, splits_path, index_path = (output_dir / n for n in (CHECKPOINT_FILE, SPLITS_FILE, INDEX_FILE))
     model.eval()
-    dummy = dummy_input(data)
     splits, costs, error, split_seconds = None, {}, "", None
     try:
         phase_started = time.time()
@@ -349,10 +382,15 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
         _logger.exception("computing the splitting indexes failed")
         error = f"{type(exc).__name__}: {exc}"
         splits, costs, model = None, {}, model.cpu()
-    checkpoint_sha256 = save_checkpoint(checkpoint, model, params["model"], node_id=params["node_id"],
-                                        step=params["step"])
+    checkpoint_sha256 = save_network(checkpoint, model, params["model"], dummy, params["model_args"],
+                                     node_id=params["node_id"], step=params["step"])
     flops, n_params = count_model(model, dummy)
-    reference = build_model(params["model"], widths=full_widths(params), **model.config)
+    if is_registered(params["model"]):
+        reference = build_model(params["model"], widths=full_widths(params), **model.config)
+        reference_widths = list(reference.widths)
+    else:  # the user's own model: the reference is the seed as its factory builds it
+        reference = build_seed(params["model"], params["model_args"]).eval()
+        reference_widths = network_widths(reference, dummy)[1]
     ref_flops, ref_params = count_model(reference, dummy)
     signed_copies = int(params["s3d_copies"]) if params["growth_strategy"] == "s3d" else 2
     if params["growth_strategy"] == "s3d" and splits:
@@ -365,11 +403,11 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
         "node_id": params["node_id"], "trial_id": trial_id, "experiment_id": experiment_id,
         "lineage": params["lineage"], "step": params["step"], "parent": params["parent"],
         "parent_node": params["parent_node"], "split_plan": params["split_plan"],
-        "model": params["model"], "model_config": dict(model.config), "widths": widths,
-        "width_layers": list(model.width_layers()), "input_shape": list(data.input_shape),
+        "model": params["model"], "model_config": dict(getattr(model, "config", {})), "widths": widths,
+        "width_layers": width_layers, "input_shape": list(data.input_shape),
         "num_classes": data.num_classes, "eigenvalues": eigenvalues, "costs": costs,
         "params": n_params, "flops": flops, "reference": {"params": ref_params, "flops": ref_flops,
-                                                          "widths": list(reference.widths)},
+                                                          "widths": reference_widths},
         "accuracy": test_acc, "val_accuracy": val_acc, "checkpoint": str(checkpoint),
         "splits": str(splits_path) if splits is not None else "", "splitting_error": error,
         "added_per_split": signed_copies - 1,
@@ -382,7 +420,7 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
         "params_ratio": n_params / ref_params, "flops_ratio": flops / ref_flops, "step": params["step"],
         "method": "splitting", "parent": params["parent"], "node": params["node_id"], "lineage": params["lineage"],
         "attempt": params["attempt"], "n_split": params["n_split"], "widths": ",".join(str(w) for w in widths),
-        "min_index": min_index,
+        "min_index": min_index, "growth_change": growth_change,
         "checkpoint": str(checkpoint), "splits": info["splits"], "indexes": str(index_path),
         "seconds": time.time() - started, "train_seconds": train_seconds, "split_seconds": split_seconds,
     }

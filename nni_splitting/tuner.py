@@ -96,7 +96,8 @@ class SplittingTuner(Tuner):
     scheduler's :class:`~nni_splitting.scheduler.Policy` (the comparison passes its own).
     """
 
-    def __init__(self, model: str = "small_cnn", seed_widths=0.25, max_steps: int = 4,
+    def __init__(self, model: str = "small_cnn", model_args: Optional[dict] = None, weights: Optional[str] = None,
+                 seed_widths=0.25, max_steps: int = 4,
                  grow_ratio: Optional[float] = None, max_splits: Optional[int] = None,
                  max_per_layer: Optional[int] = None, threshold: float = 0.0, epsilon: float = EPSILON,
                  method: str = METHOD, selection: str = "negative", strategy: str = "s2d", cost: str = "none",
@@ -105,7 +106,7 @@ class SplittingTuner(Tuner):
                  local_storage_path: Optional[str] = None, resume_timeout: float = RESUME_TIMEOUT_S,
                  lineage_settings: Optional[List[dict]] = None,
                  policy: Optional[Policy] = None, **unknown):
-        kwargs = dict(model=model, seed_widths=seed_widths, max_steps=max_steps, grow_ratio=grow_ratio,
+        kwargs = dict(model=model, model_args=model_args, weights=weights, seed_widths=seed_widths, max_steps=max_steps, grow_ratio=grow_ratio,
                       max_splits=max_splits, max_per_layer=max_per_layer, threshold=threshold, epsilon=epsilon,
                       method=method, selection=selection, strategy=strategy, cost=cost, budget=budget, beam=beam,
                       retries=retries, trial=trial,

@@ -4,19 +4,23 @@ and the scheduler check and read them without the tuner's NNI machinery."""
 from __future__ import annotations
 
 import math
-from typing import Any, List, NamedTuple, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 import torch
 from nni import ClassArgsValidator
 
 from . import lineage as lin
 from .defaults import EPSILON, METHOD
+from .data import input_shape_of
+from .graph import find_neuron_groups, trace_model
+from .importing import is_import_path
 from .models import MODELS, build_model, default_widths, scale_widths
+from .models.spec import build_seed, check_traceable
 from .scheduler import RESUME_TIMEOUT_S
 from .splitting import METHODS
 from .trial import GROWTH_STRATEGIES, check_train_settings
 
-__all__ = ["SplittingArguments", "SplittingClassArgsValidator", "check_lineage_settings", "check_seed", "COSTS",
+__all__ = ["SplittingArguments", "SplittingClassArgsValidator", "check_lineage_settings", "check_seed", "check_own_seed", "COSTS",
            "TUNER_SELECTIONS", "LINEAGE_KEYS"]
 
 #: Values of the ``selection`` classArg.
@@ -31,7 +35,13 @@ class SplittingArguments(NamedTuple):
     Parameters
     ----------
     model
-        Registered model name (:data:`nni_splitting.models.MODELS`), e.g. ``"mobilenet_v1"``.
+        Registered model name (:data:`nni_splitting.models.MODELS`), e.g. ``"mobilenet_v1"``; or the
+        user's own: an importable factory ``"package.module:function"`` or a torchvision model
+        ``"torchvision.models.resnet18"`` (:mod:`nni_splitting.networks`; ``seed_widths`` does not apply).
+    model_args
+        Keywords of that factory (e.g. ``{num_classes: 10}``).
+    weights
+        A ``state_dict`` file the seed starts from (read with ``weights_only=True``).
     seed_widths
         Widths of the seed network: a list of ints, or a float multiplier of the model's default
         (full-size) widths.  Default 0.25.
@@ -84,6 +94,8 @@ class SplittingArguments(NamedTuple):
     """
 
     model: str = "small_cnn"
+    model_args: Optional[dict] = None
+    weights: Optional[str] = None
     seed_widths: Union[List[int], float, None] = 0.25
     max_steps: int = 4
     grow_ratio: Optional[float] = None
@@ -143,6 +155,21 @@ def check_lineage_settings(entries, beam: int, trial: dict, selection: str = "ne
             raise ValueError(f"lineage_settings[{number}].arm_label must be a non-empty string")
 
 
+def check_own_seed(model: str, model_args=None, weights=None, trial=None) -> Dict[str, str]:
+    """The user's own seed (a factory or torchvision name) at start-up: it builds, its weights fit, torch.fx
+    traces it and it has a splittable layer. Returns ``{layer: reason}`` of the layers growth leaves out
+    (residual-coupled, grouped, the classifier); ``ValueError`` naming the problem otherwise."""
+    settings = dict(trial or {})
+    shape = input_shape_of(settings.get("dataset", "digits"), settings.get("dataset_args"))
+    network = build_seed(model, model_args, weights)
+    check_traceable(network)
+    groups, excluded = find_neuron_groups(trace_model(network.eval(), torch.zeros(2, *shape)))
+    if not groups:
+        reasons = "; ".join(f"{layer}: {reason}" for layer, reason in excluded.items()) or "it has no Linear/Conv2d layer"
+        raise ValueError(f"model {model!r} has no splittable layer ({reasons})")
+    return dict(excluded)
+
+
 def check_seed(model: str, seed_widths) -> None:
     """``ValueError`` unless the seed network of ``model`` builds with ``seed_widths`` (a list of ints, or a
     multiplier of the model's default widths; None: the default widths), e.g. a wrong number of widths.
@@ -184,8 +211,14 @@ class SplittingClassArgsValidator(ClassArgsValidator):
         if unknown:
             raise ValueError(f"unknown classArgs {unknown} for SplittingTuner; known: {list(known)}")
         args = SplittingArguments(**kwargs)
-        if not isinstance(args.model, str) or args.model.lower().replace("-", "_") not in MODELS:
-            raise ValueError(f"model must be one of {sorted(MODELS)}, got {args.model!r}")
+        if not isinstance(args.model, str) or (args.model.lower().replace("-", "_") not in MODELS
+                                               and not is_import_path(args.model)):
+            raise ValueError(f"model must be one of {sorted(MODELS)}, an importable factory 'package.module:function' "
+                             f"or a torchvision model 'torchvision.models.resnet18', got {args.model!r}")
+        if args.model_args is not None and not isinstance(args.model_args, dict):
+            raise ValueError(f"model_args must be a mapping of the factory's keywords, got {args.model_args!r}")
+        if args.weights is not None and not (isinstance(args.weights, str) and args.weights):
+            raise ValueError(f"weights must be the path of a state_dict file, got {args.weights!r}")
         widths = args.seed_widths
         if isinstance(widths, (list, tuple)):
             if not widths or not all(_is_int(w) and w > 0 for w in widths):

@@ -55,8 +55,10 @@ def test_bad_nas_arguments_are_refused():
 def test_nni_nas_search_runs_and_merges_into_the_report(tmp_path):
     out = tmp_path / "nas"
     port = ex.free_port(8750)
+    grow = tmp_path / "grow.yml"
     proc = _cli("nas", "--strategy", "random", "--trials", "4", "--max-params-ratio", "0.2", "--port", str(port),
-                "--settings", '{"dataset": "digits", "epochs": 1, "num_threads": 1}', "--out", str(out))
+                "--settings", '{"dataset": "digits", "epochs": 1, "num_threads": 1}', "--out", str(out),
+                "--grow-config", str(grow))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     experiment_id = proc.stdout.split("experiment ")[1].split()[0]
     with open(out / "results.csv", newline="") as handle:
@@ -72,3 +74,25 @@ def test_nni_nas_search_runs_and_merges_into_the_report(tmp_path):
     # NNI 3.0 cannot serve the stopped NAS experiment again: the report says what to do instead
     proc = _cli("report", experiment_id, "--out", str(tmp_path / "viewed"))
     assert proc.returncode == 1 and "--merge" in proc.stderr
+
+    # the pipeline (issue 27): the search's top model (best validation accuracy) seeds a growth experiment
+    trained = [r for r in rows if r["val_accuracy"]]
+    top = max(trained, key=lambda r: float(r["val_accuracy"]))
+    config = ex.load_config(grow)
+    assert config["tuner"]["classArgs"]["seed_widths"] == [int(w) for w in top["widths"].split(",")]
+    config["experimentWorkingDirectory"] = str(tmp_path / "nni")
+    config["tuner"]["classArgs"].update(max_steps=1)
+    config["tuner"]["classArgs"]["trial"].update(epochs=1, split_batches=2)
+    short = ex.write_config(config, tmp_path / "grow-short.yml")
+    growth_port = ex.free_port(port + 10)
+    proc = _cli("run", "--config", str(short), "--port", str(growth_port), "--timeout", "400")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    growth_id = proc.stdout.split("experiment ")[1].split()[0]
+    both = tmp_path / "both"
+    proc = _cli("report", growth_id, "--merge", str(out / "results.csv"), "--out", str(both),
+                "--workdir", str(tmp_path / "nni"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    merged_rows = list(csv.DictReader(open(both / "results.csv")))
+    assert {r["arm"] for r in merged_rows} == {"splitting", "nas_random"}
+    seed = next(r for r in merged_rows if r["arm"] == "splitting" and r["step"] == "0")
+    assert seed["widths"] == top["widths"]  # the growth started from the exported top model

@@ -24,7 +24,8 @@ from ..arms import resolve_arm_params, run_arm
 from ..data import load_dataset
 from ..models import current_widths
 from ..nni.rest import rest_url
-from ..report import rows_from_rest, write_outputs
+from ..nni.config import load_config, write_config
+from ..report import read_csv, rows_from_rest, write_outputs
 from ..storage import trial_output_dir
 from ..trial import model_kwargs
 from .growth import WIDTH_CHOICES, width_model_space
@@ -135,3 +136,24 @@ def run_nas_width_search(model_name: str = "small_cnn", strategy: str = "tpe", m
         if not keep:
             experiment.stop()
     return experiment.id
+
+
+def export_growth_config(results_csv, template, path, model_name: Optional[str] = None) -> Dict[str, Any]:
+    """Write a growth experiment seeded with a search's top model: the sample with the best validation
+    accuracy in ``results_csv`` (a search's ``results.csv``; over-budget samples are not candidates)
+    becomes ``seed_widths`` of the ``template`` config (e.g. ``experiments/digits.yml``); returns the
+    picked row. The written config runs with ``nni-splitting run --config PATH``, and ``nni-splitting
+    report <its id> --merge results_csv`` tables both experiments together."""
+    rows = [r for r in read_csv(results_csv) if r.get("widths") and r.get("val_accuracy") not in (None, "")]
+    if not rows:
+        raise ValueError(f"{results_csv} has no trained sample with widths to grow")
+    best = max(rows, key=lambda r: float(r["val_accuracy"]))
+    config = load_config(template)
+    class_args = config["tuner"]["classArgs"]
+    class_args["model"] = model_name or class_args.get("model")
+    class_args["seed_widths"] = [int(w) for w in str(best["widths"]).split(",")]
+    config["experimentName"] = f"grow-nas-top-{best.get('trial_id', '')}"
+    write_config(config, path)
+    _logger.info("growth config %s: seed %s (trial %s, validation accuracy %s)", path, class_args["seed_widths"],
+                 best.get("trial_id"), best["val_accuracy"])
+    return best

@@ -259,20 +259,27 @@ def start(config: Dict, name: str, port: Optional[int] = None, workdir: Optional
     raise AssertionError("unreachable")
 
 
+#: NNI's limit for the tuner to connect (10 s), with a margin.
+_TUNER_LIMIT_S = 15.0
+
+
 def _lost_tuner_race(base: str, wait_s: float) -> bool:
     """True when a new or resumed experiment ends in ERROR because the tuner did not connect in time."""
-    deadline = time.time() + wait_s
+    started = time.time()
+    deadline = started + wait_s
     while time.time() < deadline:
         try:
             answer = rest.status(base)
+            running = answer.get("status") not in ("INITIALIZED", "UNKNOWN", "ERROR", None)
+            # NNI says RUNNING before the tuner has connected: only a trial, or its 10 s limit passed, tells
+            if running and (rest.rest(base, "trial-jobs") or time.time() - started > _TUNER_LIMIT_S):
+                return False
         except rest.REST_ERRORS:
             time.sleep(1)
             continue
         errors = " ".join(str(e) for e in answer.get("errors") or [])
         if answer.get("status") == "ERROR":
             return _TUNER_RACE in errors
-        if answer.get("status") not in ("INITIALIZED", "UNKNOWN", None):
-            return False  # running: the tuner connected
         time.sleep(1)
     return False
 
