@@ -15,6 +15,8 @@ from nni_splitting.models import (
 # name -> (narrow widths, input shape, expected output shape)
 CASES = {
     "mobilenet_v1": (scale_widths("mobilenet_v1", 1 / 8), (2, 3, 32, 32), (2, 10)),
+    "mobilenet_cifar": (scale_widths("mobilenet_cifar", 1 / 8), (2, 3, 32, 32), (2, 10)),
+    "resnet20": (scale_widths("resnet20", 1 / 2), (2, 3, 32, 32), (2, 10)),
     "vgg19_bn": (scale_widths("vgg19_bn", 1 / 8), (2, 3, 32, 32), (2, 10)),
     "ds_cnn": ([8, 8, 16, 8, 4], (2, 1, 49, 40), (2, 12)),
     "small_cnn": ([4, 8, 16], (2, 1, 8, 8), (2, 10)),
@@ -26,6 +28,8 @@ DEFAULTS = {
     "mobilenet_v1": [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024],
     "vgg19_bn": [64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512],
     "ds_cnn": [64] * 5,
+    "mobilenet_cifar": [32, 64, 128, 128, 256, 256, 512],
+    "resnet20": [16, 32, 64, 16, 16, 16, 32, 32, 32, 64, 64, 64],
     "small_cnn": [32, 64, 128],
     "mlp": [64],
     "rbf": [1],
@@ -41,6 +45,7 @@ def test_registry_names():
     assert MODELS["mobilenet_v1"] is MobileNetV1 and MODELS["vgg19_bn"] is VGG19BN
     assert MODELS["ds_cnn"] is DSCNN and MODELS["small_cnn"] is SmallCNN
     assert MODELS["mlp"] is MLP and MODELS["rbf"] is RBFNet
+    assert MODELS["mobilenet_cifar"].__name__ == "MobileNetCifar" and MODELS["resnet20"].__name__ == "ResNet20"
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
