@@ -16,12 +16,13 @@ import secrets
 import enum
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .selection import halve_plan, rank_plan, select_lowest_fraction, select_neurons, split_count, trim_plan
 
-if TYPE_CHECKING:  # the scheduler calls a Policy; the Policy only names it
-    from .scheduler import Scheduler
+#: What a Policy's hooks get: the :class:`nni_splitting.scheduler.Scheduler` calling them (not imported here:
+#: the scheduler imports this module).
+SchedulerLike = Any
 
 __all__ = [
     "Node",
@@ -275,20 +276,20 @@ class Policy:
     stops, :meth:`arm_ended` when an arm node succeeded or failed.
     """
 
-    def start(self, scheduler: "Scheduler") -> None:
+    def start(self, scheduler: SchedulerLike) -> None:
         """Queue nodes that run beside the lineages from the start."""
 
     def growth_params(self, node: Node, parent: Optional[Node]) -> dict:
         """Extra trial parameters of a growth node."""
         return {}
 
-    def step_succeeded(self, scheduler: "Scheduler", node: Node) -> None:
+    def step_succeeded(self, scheduler: SchedulerLike, node: Node) -> None:
         """A growth node (one step of a lineage) reported its result."""
 
-    def lineage_stopped(self, scheduler: "Scheduler", lineage: int) -> None:
+    def lineage_stopped(self, scheduler: SchedulerLike, lineage: int) -> None:
         """A lineage stopped (``scheduler.stopped[lineage]`` says why)."""
 
-    def arm_ended(self, scheduler: "Scheduler", node: Node) -> None:
+    def arm_ended(self, scheduler: SchedulerLike, node: Node) -> None:
         """An arm node succeeded or failed (``node.status``)."""
 
 
