@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "cifar10"
 
 
 def _script():
@@ -22,16 +18,6 @@ def _script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def cifar_small(tmp_path_factory):
-    exporter = SHARED / "export_imagefolder.py"
-    if not exporter.exists():
-        pytest.skip(f"no CIFAR-10 at {SHARED}")
-    dest = tmp_path_factory.mktemp("cifar_gpu") / "cifar10"
-    subprocess.run([sys.executable, str(exporter), str(dest), "--per-class", "20"], check=True, capture_output=True)
-    return dest
 
 
 def test_gpu_script_runs_every_arm_on_the_cpu(cifar_small, tmp_path):

@@ -18,7 +18,6 @@ from nni_splitting import experiment as ex
 from nni_splitting.nni import nnictl
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data" / "cifar10"
 
 
 def _cli(*args, timeout=900):
@@ -43,16 +42,6 @@ def _check_growth(trials, steps):
         assert child["params"] > parent["params"] and child["n_split"] > 0
         assert child["growth_change"] is not None and child["growth_change"] < 1e-4, child
     return done
-
-
-@pytest.fixture(scope="module")
-def cifar_small(tmp_path_factory):
-    exporter = SHARED / "export_imagefolder.py"
-    if not exporter.exists():
-        pytest.skip(f"no CIFAR-10 at {SHARED}")
-    dest = tmp_path_factory.mktemp("cifar_own") / "cifar10"
-    subprocess.run([sys.executable, str(exporter), str(dest), "--per-class", "30"], check=True, capture_output=True)
-    return dest
 
 
 def test_own_model_on_own_data_grows_through_nnictl(tmp_path):

@@ -36,7 +36,7 @@ from nni_splitting.trial import build_network, resolve_params
 from nni_splitting.tuner import SplittingTuner
 from nni_splitting.tuner_args import SplittingArguments, check_seed
 
-from test_nnictl_e2e import _running_child, _short_config
+from test_nnictl_e2e import _short_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
