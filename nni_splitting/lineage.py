@@ -18,6 +18,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from .energy import select_energy_aware
 from .selection import halve_plan, rank_plan, select_lowest_fraction, select_neurons, split_count, trim_plan
 
 #: What a Policy's hooks get: the :class:`nni_splitting.scheduler.Scheduler` calling them (not imported here:
@@ -303,7 +304,8 @@ def lineage_costs(args, info: Mapping, lineage: int = 0) -> Optional[dict]:
 
 def choose_plan(args, info: Mapping, lineage: int = 0) -> Plan:
     """The plan of a succeeded node's child: ``m*`` of Algorithm 1, the most negative ``lambda_min``
-    below ``lambda*`` (``threshold``), or the lowest ones (``selection="lowest_fraction"``)."""
+    below ``lambda*`` (``threshold``), or the lowest ones (``selection="lowest_fraction"``); ``"energy"``: the
+    energy-aware LP spending the FLOPs (or the lineage's ``cost``) that those ``m*`` splits would add."""
     m = split_count(info["widths"], args.grow_ratio, args.max_splits)
     per_split = int(info.get("added_per_split", 1))  # three-copy splits add two neurons: grow_ratio counts added ones
     if per_split > 1 and args.max_splits is None:
@@ -312,6 +314,14 @@ def choose_plan(args, info: Mapping, lineage: int = 0) -> Plan:
     selection = lineage_entry(args, lineage).get("selection", getattr(args, "selection", "negative"))
     if selection == "lowest_fraction":
         return clean_plan(select_lowest_fraction(eigenvalues, max_splits=m, max_per_layer=args.max_per_layer))
+    if selection == "energy":  # the LP of Wang et al. 2019, budget = what the count rule's m* splits would add
+        costs = lineage_costs(args, info, lineage) or info.get("costs", {}).get("flops") or {}
+        counted = select_neurons(eigenvalues, max_splits=m, threshold=args.threshold, max_per_layer=args.max_per_layer)
+        budget = estimate_growth(counted, costs)
+        if not counted or budget <= 0:
+            return {}
+        return clean_plan(select_energy_aware({k: v for k, v in eigenvalues.items() if k in costs}, costs, budget,
+                                              threshold=args.threshold))
     plan = select_neurons(eigenvalues, max_splits=m, threshold=args.threshold, max_per_layer=args.max_per_layer,
                           costs=lineage_costs(args, info, lineage))
     return clean_plan(plan)

@@ -24,7 +24,7 @@ __all__ = ["SplittingArguments", "SplittingClassArgsValidator", "check_lineage_s
            "TUNER_SELECTIONS", "LINEAGE_KEYS"]
 
 #: Values of the ``selection`` classArg.
-TUNER_SELECTIONS = ("negative", "lowest_fraction")
+TUNER_SELECTIONS = ("negative", "lowest_fraction", "energy")
 #: Values of the ``cost`` classArg.
 COSTS = ("none", "params", "flops")
 
@@ -63,7 +63,9 @@ class SplittingArguments(NamedTuple):
         ``"negative"`` (default): the most negative indexes below ``threshold`` (Algorithm 1; a lineage
         with none stops, splitting-stable); ``"lowest_fraction"``: the lowest ones whatever their sign
         (the official code's rule; ``threshold`` is not used).  Both split ``grow_ratio`` /
-        ``max_splits`` neurons per step.
+        ``max_splits`` neurons per step.  ``"energy"``: the energy-aware LP (Wang et al. 2019,
+        :mod:`nni_splitting.energy`) choosing among the indexes below ``threshold`` within the cost
+        (``cost``, default FLOPs) that the ``"negative"`` rule's splits would add.
     strategy
         ``"s2d"`` (default): trials compute splitting indexes (the paper); ``"firefly"``: trials score
         Firefly candidates, splits and new neurons (:mod:`nni_splitting.firefly`), and the same

@@ -280,6 +280,23 @@ def test_lineage_settings_cost_ranks_that_lineage_per_flop(tmp_path):
         check(beam=1, selection="lowest_fraction", lineage_settings=[{"cost": "flops"}])
 
 
+def test_energy_selection_spends_the_count_rules_flops_on_the_cheapest_descent(tmp_path):
+    """``selection="energy"``: the LP gets the FLOPs that the count rule's m* splits would add (a[0]: 3) and
+    buys more descent with them (b[0] and b[1]: -0.8 for 2 FLOPs) than the count rule's pick (-0.6)."""
+    sched = make(tmp_path, selection="energy", max_splits=1, max_steps=1)
+    sched.start()
+    seed = sched.pop_ready()
+    result = finish(tmp_path, seed)
+    index = json.loads(Path(result["indexes"]).read_text())
+    index["eigenvalues"] = {"a": [-0.6, 0.1, 0.1], "b": [-0.4, -0.4]}
+    index["costs"] = {"flops": {"a": 3.0, "b": 1.0}, "params": {"a": 1.0, "b": 1.0}}
+    atomic_write_json(Path(result["indexes"]), index)
+    sched.succeeded(seed, result)
+    assert sched.pop_ready().params["split_plan"] == {"b": [0, 1]}
+    from nni_splitting.tuner import SplittingClassArgsValidator
+    SplittingClassArgsValidator().validate_class_args(selection="energy", cost="flops")  # accepted
+
+
 def test_three_copy_splits_count_the_neurons_they_add(tmp_path):
     """An index file with added_per_split = 2 (S3D with three copies): grow_ratio counts added neurons, so
     half as many splits are picked, and each split layer's width grows by two per split."""
