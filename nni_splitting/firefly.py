@@ -193,8 +193,8 @@ def _unit(rows: torch.Tensor) -> torch.Tensor:
 
 def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     batches: Iterable, *, layers: Optional[Sequence[str]] = None, epsilon: float = EPSILON,
-                    new_epsilon: Optional[float] = None, new_neurons=None, kinds: Sequence[str] = KINDS,
-                    steps: Optional[int] = None, score_batches: Optional[int] = None, lr: float = 0.5,
+                    new_epsilon: Optional[float] = None, new_neurons=None, grow_ratio: float = GROW_RATIO,
+                    kinds: Sequence[str] = KINDS, steps: Optional[int] = None, score_batches: Optional[int] = None, lr: float = 0.5,
                     input_scale: float = 1.0, score_scale: float = SCORE_SCALE, seed: int = 0,
                     max_batches: Optional[int] = None) -> Dict[str, FireflyLayer]:
     """Score the Firefly candidates (splits and new neurons) of every splittable layer.
@@ -214,7 +214,9 @@ def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
         ``||delta_j||`` of a split and ``||h_k||`` of a new neuron's outgoing weights (default ``epsilon``).
     new_neurons : int or dict, optional
         New-neuron candidates per layer (``{layer: K}`` or one int); default
-        ``max(1, round(GROW_RATIO * n))``. Ignored without ``"new"`` in ``kinds``.
+        ``max(1, round(grow_ratio * n))``. Ignored without ``"new"`` in ``kinds``.
+    grow_ratio : float
+        The default ``new_neurons`` per layer as a fraction of its width (the tuner's ``grow_ratio``).
     kinds : sequence of {"split", "new"}
         Which candidates to consider.
     steps, score_batches : int, optional
@@ -271,7 +273,7 @@ def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
         reasons = "; ".join(f"{k}: {v}" for k, v in excluded.items()) or "it has no Linear/Conv2d layer"
         raise ValueError(f"{type(model).__name__} has nothing to grow ({reasons})")
     widths = {name: model.get_submodule(name).weight.shape[0] for name in groups}
-    counts = _new_counts(new_neurons, widths) if "new" in kinds else {name: 0 for name in groups}
+    counts = _new_counts(new_neurons, widths, grow_ratio) if "new" in kinds else {name: 0 for name in groups}
     augmented = _Augmented(model, groups, example, "split" in kinds, counts, seed)
     generator = torch.Generator().manual_seed(int(seed))
     p: Dict[str, torch.Tensor] = {}
@@ -366,9 +368,9 @@ def _score(p: Dict[str, torch.Tensor], scoring: Sequence, gradients: Callable, t
     return totals, samples
 
 
-def _new_counts(new_neurons, widths: Mapping[str, int]) -> Dict[str, int]:
+def _new_counts(new_neurons, widths: Mapping[str, int], grow_ratio: float = GROW_RATIO) -> Dict[str, int]:
     if new_neurons is None:
-        return {name: max(1, int(round(GROW_RATIO * n))) for name, n in widths.items()}
+        return {name: max(1, int(round(grow_ratio * n))) for name, n in widths.items()}
     if isinstance(new_neurons, Mapping):
         unknown = sorted(set(new_neurons) - set(widths))
         if unknown:

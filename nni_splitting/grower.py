@@ -38,7 +38,7 @@ from .graph import find_neuron_groups, trace_model
 from .nni_compat import bind_evaluator
 from .selection import rule_options, select, split_count
 from .splitting import LayerSplitting
-from .strategies import GrowthStrategy, make_strategy
+from .strategies import GrowthStrategy, S2DStrategy, make_strategy, strategy_class
 
 __all__ = ["SplittingGrower", "resolve_config_list"]
 
@@ -198,7 +198,7 @@ class SplittingGrower:
         if isinstance(strategy, GrowthStrategy):
             return make_strategy(strategy, **options)
         defaults = {"epsilon": self.epsilon}
-        if strategy in ("s2d", "s3d"):
+        if issubclass(strategy_class(strategy), S2DStrategy):  # S2D, S3D and their subclasses
             defaults.update(method=self.method, surrogate_beta=self.surrogate_beta)
         return make_strategy(strategy, **{**defaults, **options})
 

@@ -344,7 +344,7 @@ def trial_params(args, node: Node, widths, width_multiplier, plan: Plan, parent:
         parent=parent.trial_id if parent else "", parent_node=parent.node_id if parent else "",
         parent_checkpoint=result.get("checkpoint", info.get("checkpoint", "")) if parent else "",
         parent_splits=result.get("splits", info.get("splits", "")) if parent else "",
-        split_plan=plan, n_split=plan_size(plan), epsilon=own.get("epsilon", args.epsilon),
+        split_plan=plan, n_split=plan_size(plan), epsilon=own.get("epsilon", args.epsilon), grow_ratio=args.grow_ratio,
         split_method=args.method, storage_path=args.storage_path or "",
     )
     return settings

@@ -34,178 +34,19 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import CheckpointError, file_sha256
 from .counting import count_model, neuron_costs
-from .defaults import EPSILON, METHOD
-from .data import DATASETS, dummy_input, load_dataset, make_loaders
-from .importing import is_import_path
+from .data import dummy_input, load_dataset, make_loaders
 from .models import build_model, current_widths, scale_widths
 from .models.spec import build_seed, is_registered
 from .networks import load_network, network_widths, save_network
-from .firefly import apply_firefly, compute_firefly, load_firefly, save_firefly
-from .signed import COPIES as SIGNED_COPIES
-from .signed import apply_signed_splits, signed_indexes
-from .offspring import EPSILON_SCALES, SYMMETRY_BREAKING, break_symmetry, scale_directions
-from .splitting import compute_splitting, load_splits, save_splits
+from .settings import ARCH_DEFAULTS, TRAIN_DEFAULTS, check_train_settings, resolve_params
 from .storage import INDEX_FILE, SPLITS_FILE, CHECKPOINT_FILE, atomic_save, atomic_write_json, trial_output_dir
-from .surgery import apply_splits
+from .strategies import GrowthStrategy, strategy_class
 from .training import Recipe, evaluate, fit
 
 __all__ = ["TRAIN_DEFAULTS", "ARCH_DEFAULTS", "check_train_settings", "resolve_params", "recipe_of", "model_kwargs",
            "full_widths", "build_network", "device_of", "load_overrides", "train_network", "split_loader", "run_trial", "main"]
 
 _logger = logging.getLogger("nni_splitting.trial")
-
-#: Values of the ``growth_strategy`` training setting.
-GROWTH_STRATEGIES = ("s2d", "s3d", "firefly")
-
-#: Training settings (the tuner's ``trial`` classArg overrides them).
-TRAIN_DEFAULTS: Dict[str, Any] = {
-    "dataset": "digits",       # nni_splitting.data.DATASETS, or the user's factory "package.module:function"
-    "dataset_args": {},        # keywords of the user's data set factory
-    "data_dir": None,          # folder of the data set files (not needed for digits)
-    "epochs": 8,               # epochs of every trial ...
-    "seed_epochs": None,       # ... except the seed network (step 0), when set
-    "lr": 0.05,                # SGD learning rate (annealed by `schedule` over the trial's epochs)
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "nesterov": False,
-    "schedule": "cosine",      # "cosine", "step" (x gamma at milestones) or "constant"; fresh optimizer every trial
-    "milestones": [0.5, 0.75], # step schedule: fractions of the epochs
-    "gamma": 0.1,
-    "warmup_epochs": 0,        # linear warm-up
-    "augment": "auto",         # "auto" (random crop pad 4 + flip for CIFAR-size inputs), "crop_flip", "none"
-    "batch_size": 64,
-    "eval_batch_size": 512,
-    "seed": 0,                 # initialisation / shuffling seed (the tuner adds the lineage index)
-    "data_seed": 0,            # seed of the validation split: keep it equal across trials
-    "val_fraction": 0.1,
-    "per_class": None,         # at most this many training examples per class
-    "split_batches": 8,        # batches used to compute the splitting matrices ...
-    "split_samples": None,     # ... or, when set, this many training images (split_batches is then ignored)
-    "split_batch_size": None,  # default: batch_size
-    "split_positions": None,   # exact layers: estimate each image's sum over positions from this many drawn ones
-    "split_product_dtype": None,  # exact layers: products of the sums in this dtype ("bfloat16"), sums in float32
-    "split_image_fraction": None,  # exact layers: each batch's sum over images from a weighted draw of this share
-    "split_data": "train",     # "train" (the loss being descended, as in the paper) or "val"
-    "num_threads": None,       # torch.set_num_threads
-    "device": "auto",          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
-    "full_width_multiplier": 1.0,  # the "full" model = this times the model's default widths (the reference of
-                                   # params_ratio / flops_ratio, the full arm the pruners start from, uniform's base)
-    "growth_strategy": "s2d",     # "s2d" (splitting indexes, the paper), "s3d" (signed splits, nni_splitting.signed)
-                                  # or "firefly" (splits + new neurons, scored: nni_splitting.firefly)
-    "s3d_copies": 2,              # s3d: offspring per split neuron, 2 or 3 (three-copy schemes; each split adds two)
-    "epsilon_scale": "absolute",  # offspring theta +- eps v ("absolute") or +- eps ||theta|| v ("relative")
-    "symmetry_breaking": "none",  # "none", "noise" or "bn_scale" on the appended offspring (nni_splitting.offspring)
-    "symmetry_scale": 0.1,        # its size: noise std / ||theta|| per weight * sqrt(d), or the BN scale's 1 + x
-    "retrain_epochs": "matched",  # comparison arms trained from scratch (scratch, uniform, pruned_scratch):
-                                  # "matched" = the lineage's total epochs, "round" = one round's `epochs`
-}
-
-#: Architecture and lineage keys (set by the tuner).
-ARCH_DEFAULTS: Dict[str, Any] = {
-    "model": "small_cnn",      # a registered name, or the user's factory / a torchvision name (nni_splitting.networks)
-    "model_args": {},          # keywords of the user's model factory
-    "weights": "",             # the seed's trained state_dict (a file, read with weights_only=True)
-    "widths": None,            # explicit widths of the network to train (a child's grown widths)
-    "width_multiplier": 0.25,  # seed network: this times the model's default widths (if widths is None)
-    "node_id": "",
-    "lineage": 0,
-    "step": 0,
-    "attempt": 0,
-    "parent": "",              # NNI trial id of the parent ("" for a seed)
-    "parent_node": "",
-    "parent_checkpoint": "",
-    "parent_splits": "",
-    "split_plan": {},          # {layer name: [neuron indices]}
-    "n_split": 0,
-    "epsilon": EPSILON,        # nni_splitting.defaults (one default per option)
-    "split_method": METHOD,
-    "storage_path": "",        # shared folder (worker view); "" = $NNI_OUTPUT_DIR
-}
-
-_INT_KEYS = ("epochs", "batch_size", "eval_batch_size", "seed", "data_seed", "split_batches")
-_OPTIONAL_INT_KEYS = ("seed_epochs", "per_class", "split_batch_size", "num_threads", "split_samples",
-                      "split_positions")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
-    """Validate training settings (the ``trial`` classArg); return them merged over the defaults.
-
-    Raises
-    ------
-    ValueError
-        Quoting the bad key or value.
-    """
-    unknown = sorted(set(settings) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown trial settings {unknown}; known: {sorted(TRAIN_DEFAULTS)}")
-    merged = {**TRAIN_DEFAULTS, **settings}
-    if merged["dataset"] not in DATASETS and not is_import_path(merged["dataset"]):
-        raise ValueError(f"trial.dataset must be one of {list(DATASETS)} or a factory 'package.module:function', "
-                         f"got {merged['dataset']!r}")
-    if not isinstance(merged["dataset_args"], dict):
-        raise ValueError(f"trial.dataset_args must be a mapping, got {merged['dataset_args']!r}")
-    if merged["data_dir"] is not None and not isinstance(merged["data_dir"], str):
-        raise ValueError(f"trial.data_dir must be a path string, got {merged['data_dir']!r}")
-    for key in _INT_KEYS:
-        low = 0 if key in ("seed", "data_seed") else 1
-        if not (_is_int(merged[key]) and merged[key] >= low):
-            raise ValueError(f"trial.{key} must be an int >= {low}, got {merged[key]!r}")
-    for key in _OPTIONAL_INT_KEYS:
-        if merged[key] is not None and not (_is_int(merged[key]) and merged[key] >= 1):
-            raise ValueError(f"trial.{key} must be an int >= 1 or null, got {merged[key]!r}")
-    for key in ("lr", "momentum", "weight_decay"):
-        value = merged[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"trial.{key} must be a finite number >= 0, got {value!r}")
-    if not (isinstance(merged["val_fraction"], (int, float)) and 0 < merged["val_fraction"] < 1):
-        raise ValueError(f"trial.val_fraction must be in (0, 1), got {merged['val_fraction']!r}")
-    if not isinstance(merged["device"], str) or not merged["device"]:
-        raise ValueError(f"trial.device must be a device string such as 'cpu' or 'cuda', got {merged['device']!r}")
-    try:
-        Recipe.from_dict({**merged, "epochs": merged["epochs"]})
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"trial training recipe: {error}") from None
-    multiplier = merged["full_width_multiplier"]
-    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not 0 < multiplier <= 1:
-        raise ValueError(f"trial.full_width_multiplier must be in (0, 1], got {multiplier!r}")
-    if merged["retrain_epochs"] not in ("matched", "round"):
-        raise ValueError(f"trial.retrain_epochs must be 'matched' or 'round', got {merged['retrain_epochs']!r}")
-    if merged["growth_strategy"] not in GROWTH_STRATEGIES:
-        raise ValueError(f"trial.growth_strategy must be one of {list(GROWTH_STRATEGIES)}, "
-                         f"got {merged['growth_strategy']!r}")
-    if isinstance(merged["s3d_copies"], bool) or merged["s3d_copies"] not in SIGNED_COPIES:
-        raise ValueError(f"trial.s3d_copies must be one of {list(SIGNED_COPIES)}, got {merged['s3d_copies']!r}")
-    if merged["epsilon_scale"] not in EPSILON_SCALES:
-        raise ValueError(f"trial.epsilon_scale must be one of {list(EPSILON_SCALES)}, got {merged['epsilon_scale']!r}")
-    if merged["symmetry_breaking"] not in SYMMETRY_BREAKING:
-        raise ValueError(f"trial.symmetry_breaking must be one of {list(SYMMETRY_BREAKING)}, "
-                         f"got {merged['symmetry_breaking']!r}")
-    scale = merged["symmetry_scale"]
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"trial.symmetry_scale must be a finite number >= 0, got {scale!r}")
-    fraction = merged["split_image_fraction"]
-    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
-                                 or not 0 < fraction <= 1):
-        raise ValueError(f"trial.split_image_fraction must be null or a number in (0, 1], got {fraction!r}")
-    if merged["split_product_dtype"] not in (None, "float32", "bfloat16", "float16"):
-        raise ValueError(f"trial.split_product_dtype must be null, 'float32', 'bfloat16' or 'float16', "
-                         f"got {merged['split_product_dtype']!r}")
-    if merged["split_data"] not in ("train", "val"):
-        raise ValueError(f"trial.split_data must be 'train' or 'val', got {merged['split_data']!r}")
-    return merged
-
-
-def resolve_params(received: Optional[Dict[str, Any]], overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Defaults, then NNI's parameters, then command-line overrides; training settings validated."""
-    params = {**ARCH_DEFAULTS, **TRAIN_DEFAULTS, **(received or {}), **(overrides or {})}
-    train = check_train_settings({k: params[k] for k in TRAIN_DEFAULTS})
-    params.update(train)
-    return params
-
 
 def recipe_of(params: Dict[str, Any], epochs: Optional[int] = None) -> Recipe:
     """The training :class:`~nni_splitting.training.Recipe` of resolved parameters (``epochs`` overrides)."""
@@ -242,24 +83,21 @@ def build_network(params: Dict[str, Any], data) -> nn.Module:
         return build_model(name, widths=list(widths), **model_kwargs(name, data))
     parent, state = load_network(params["parent_checkpoint"])
     plan = {k: [int(i) for i in v] for k, v in (params["split_plan"] or {}).items()}
-    if params["growth_strategy"] == "firefly":  # candidate j < n: split neuron j; n + k: new neuron k
-        try:
-            candidates = load_firefly(params["parent_splits"])
-        except Exception as error:  # truncated or foreign: a named error, like a checkpoint's
-            raise CheckpointError(f"splits file {params['parent_splits']!r} is unreadable (truncated or not a "
-                                  f"Firefly file): {type(error).__name__}: {error}") from error
-        model = apply_firefly(parent, candidates, plan)
-        return _check_grown(model, params, state)
-    splits = load_splits(params["parent_splits"])
-    if params["growth_strategy"] == "s3d":  # each neuron by its best scheme (positive or signed; 2 or 3 copies)
-        return _check_grown(apply_signed_splits(parent, splits, plan, epsilon=float(params["epsilon"]),
-                                                copies=int(params["s3d_copies"])), params, state)
-    old_widths = {layer: int(splits[layer].num_neurons) for layer in plan if layer in splits}
-    scaled = scale_directions(parent, splits, params["epsilon_scale"])
-    model = apply_splits(parent, scaled, plan, epsilon=float(params["epsilon"]))
-    break_symmetry(model, splits, plan, old_widths, params["symmetry_breaking"], float(params["symmetry_scale"]),
-                   seed=int(params["seed"]) + int(params["step"]))
-    return _check_grown(model, params, state)
+    strategy = trial_strategy(params)
+    try:
+        scores = strategy.load(params["parent_splits"])
+    except CheckpointError:
+        raise
+    except Exception as error:  # truncated or foreign: a named error, like a checkpoint's
+        raise CheckpointError(f"splits file {params['parent_splits']!r} is unreadable (truncated, or not a "
+                              f"{params['growth_strategy']} file): {type(error).__name__}: {error}") from error
+    return _check_grown(strategy.apply(parent, scores, plan), params, state)
+
+
+def trial_strategy(params: Dict[str, Any]) -> GrowthStrategy:
+    """The trial's growth strategy (``growth_strategy``: a registered name or an import path), built from its
+    resolved parameters by the strategy's own :meth:`~nni_splitting.strategies.GrowthStrategy.from_settings`."""
+    return strategy_class(params["growth_strategy"]).from_settings(params)
 
 
 def _check_grown(model: nn.Module, params: Dict[str, Any], state: dict) -> nn.Module:
@@ -324,12 +162,6 @@ def split_loader(params: Dict[str, Any], data) -> DataLoader:
                       generator=generator)
 
 
-def _split_batches(params: Dict[str, Any]) -> Optional[int]:
-    if params["split_samples"]:
-        return max(1, math.ceil(params["split_samples"] / (params["split_batch_size"] or params["batch_size"])))
-    return params["split_batches"]
-
-
 def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Callable[[dict], None] = lambda r: None,
               trial_id: str = "STANDALONE", experiment_id: str = "STANDALONE") -> Dict[str, Any]:
     """Train, evaluate, score and save one network; return the flat final result (not reported here)."""
@@ -360,24 +192,12 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
     splits, costs, error, split_seconds = None, {}, "", None
     try:
         phase_started = time.time()
-        if params["growth_strategy"] == "firefly":
-            splits = compute_firefly(model, nn.CrossEntropyLoss(), split_loader(params, data),
-                                     epsilon=float(params["epsilon"]), max_batches=_split_batches(params),
-                                     seed=int(params["seed"]))
-            save = save_firefly
-        else:
-            # lambda_max (a second LOBPCG solve on fast layers) only where signed splits need it
-            splits = compute_splitting(model, nn.CrossEntropyLoss(), split_loader(params, data),
-                                       method=params["split_method"], max_batches=_split_batches(params),
-                                       fast_options={"largest": params["growth_strategy"] == "s3d"},
-                                       position_samples=params["split_positions"], seed=int(params["seed"]),
-                                       product_dtype=params["split_product_dtype"],
-                                       image_fraction=params["split_image_fraction"])
-            save = save_splits
+        strategy = trial_strategy(params)
+        splits = strategy.score(model, nn.CrossEntropyLoss(), split_loader(params, data))
         split_seconds = time.time() - phase_started
         model = model.cpu()  # counting, costs and the checkpoint on the CPU
         costs = {kind: neuron_costs(model, dummy, kind=kind) for kind in ("params", "flops")}
-        atomic_save(splits_path, lambda p: save(splits, p))
+        atomic_save(splits_path, lambda p: strategy.save(splits, p))
     except Exception as exc:  # keep the trained network and its accuracy; the tuner stops this lineage
         _logger.exception("computing the splitting indexes failed")
         error = f"{type(exc).__name__}: {exc}"
@@ -392,12 +212,9 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
         reference = build_seed(params["model"], params["model_args"]).eval()
         reference_widths = network_widths(reference, dummy)[1]
     ref_flops, ref_params = count_model(reference, dummy)
-    signed_copies = int(params["s3d_copies"]) if params["growth_strategy"] == "s3d" else 2
-    if params["growth_strategy"] == "s3d" and splits:
-        indexes = signed_indexes(splits, copies=signed_copies)  # the best scheme's 2 dL / eps^2: one scale for all
-    else:
-        indexes = {name: s.eigenvalues for name, s in (splits or {}).items()}
-    eigenvalues = {name: [float(v) for v in values] for name, values in indexes.items()}
+    strategy = trial_strategy(params)
+    indexes = strategy.indexes(splits) if splits else {}
+    eigenvalues = {name: [float(v) for v in values] for name, values in indexes.items()}  # ranked by the tuner
     min_index = min((min(v) for v in eigenvalues.values() if v), default=None)
     info = {
         "node_id": params["node_id"], "trial_id": trial_id, "experiment_id": experiment_id,
@@ -410,7 +227,7 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
                                                           "widths": reference_widths},
         "accuracy": test_acc, "val_accuracy": val_acc, "checkpoint": str(checkpoint),
         "splits": str(splits_path) if splits is not None else "", "splitting_error": error,
-        "added_per_split": signed_copies - 1,
+        "added_per_split": int(strategy.added_per_split),
         "checkpoint_sha256": checkpoint_sha256,
         "splits_sha256": file_sha256(splits_path) if splits is not None else "",
     }

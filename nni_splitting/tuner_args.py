@@ -18,7 +18,8 @@ from .models import MODELS, build_model, default_widths, scale_widths
 from .models.spec import build_seed, check_traceable
 from .scheduler import RESUME_TIMEOUT_S
 from .splitting import METHODS
-from .trial import GROWTH_STRATEGIES, check_train_settings
+from .settings import check_train_settings
+from .strategies import strategy_class
 
 __all__ = ["SplittingArguments", "SplittingClassArgsValidator", "check_lineage_settings", "check_seed", "check_own_seed", "COSTS",
            "TUNER_SELECTIONS", "LINEAGE_KEYS"]
@@ -82,7 +83,7 @@ class SplittingArguments(NamedTuple):
     retries
         Retries of a failed trial from the same parent before falling back (see :class:`SplittingTuner`).
     trial
-        Training settings passed to every trial (see :data:`nni_splitting.trial.TRAIN_DEFAULTS`).
+        Training settings passed to every trial (see :data:`nni_splitting.settings.TRAIN_DEFAULTS`).
     storage_path, local_storage_path
         Shared folder where trials write (worker view) and the same folder on the tuner's machine
         (default: same path).  Unset: trials write to ``$NNI_OUTPUT_DIR`` (local training service).
@@ -249,8 +250,10 @@ class SplittingClassArgsValidator(ClassArgsValidator):
             raise ValueError(f"selection must be one of {list(TUNER_SELECTIONS)}, got {args.selection!r}")
         if args.selection == "lowest_fraction" and args.cost != "none":
             raise ValueError(f"selection='lowest_fraction' ranks by index only; got cost={args.cost!r}")
-        if args.strategy not in GROWTH_STRATEGIES:
-            raise ValueError(f"strategy must be one of {list(GROWTH_STRATEGIES)}, got {args.strategy!r}")
+        try:
+            strategy_class(args.strategy)
+        except ValueError as error:
+            raise ValueError(f"strategy: {error}") from None
         if args.strategy != "s2d" and (args.trial or {}).get("growth_strategy", args.strategy) != args.strategy:
             raise ValueError(f"strategy={args.strategy!r} but trial.growth_strategy="
                              f"{args.trial['growth_strategy']!r}: give one")

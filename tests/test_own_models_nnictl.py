@@ -6,6 +6,7 @@ Each experiment is stopped by id in a ``finally``; about 6-8 minutes on 2 CPU co
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -107,3 +108,29 @@ def test_a_bad_seed_fails_at_start_not_in_a_trial(tmp_path, model, match):
                 timeout=300)
     assert proc.returncode == 2 and re.search(match, proc.stderr), proc.stdout + proc.stderr
     assert "started" not in proc.stdout and not (tmp_path / "nni").exists()
+
+
+def test_own_strategy_named_by_import_path_grows_through_nnictl(tmp_path):
+    """Issue 26: a strategy in the user's own file (experiments/own_strategy.py), named in the config and
+    nowhere else, is accepted by the tuner and run by the trials: its random indexes are what they report."""
+    path = _config(tmp_path, "digits.yml", {"max_steps": 2, "strategy": "experiments.own_strategy:RandomSplitStrategy",
+                                            "method": "exact"}, {"epochs": 1})
+    port = ex.free_port(start=26000 + os.getpid() % 20000)
+    experiment_id, port = nnictl.start(ex.load_config(path), "own_strategy.yml", port)
+    base = ex.rest_url(port)
+    try:
+        assert ex.wait(base, timeout=600) == "DONE"
+        trials = ex.read_trials(base)
+        done = sorted((t["result"] for t in trials if t["status"] == "SUCCEEDED"), key=lambda r: r["step"])
+        assert [r["step"] for r in done] == [0, 1, 2], [(t["status"], t.get("result")) for t in trials]
+        for parent, child in zip(done, done[1:]):
+            assert child["params"] > parent["params"] and child["n_split"] > 0
+        for result in done:
+            index = json.loads(Path(result["indexes"]).read_text())
+            values = [v for layer in index["eigenvalues"].values() for v in layer]
+            assert values and all(-1.0 <= v < 0.0 for v in values)  # the toy's draws, not lambda_min
+    finally:
+        ex.stop(experiment_id)
+    with pytest.raises(ValueError, match="no attribute 'Nothing'"):
+        from nni_splitting.tuner import SplittingClassArgsValidator
+        SplittingClassArgsValidator().validate_class_args(strategy="experiments.own_strategy:Nothing")
