@@ -5,6 +5,9 @@ The kind is a "scaled linear" unit ``u = g * (W x + b)`` with a fixed gain buffe
 network of Definition 2.1 in fp64 autograd: neuron j replaced by ``theta_j +- delta`` with halved
 outgoing weights; the Hessian in ``delta`` at 0 is ``S_j``.
 """
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -162,3 +165,18 @@ def test_registry_lookup_by_class_and_subclass():
         register_layer_handler(int, ScaledLinearHandler())
     with pytest.raises(ValueError, match="LayerHandler"):
         register_layer_handler(ScaledLinear, object())
+
+
+def test_a_layer_class_carries_its_own_handler():
+    """Issue 26: a handler declared on the layer class (an instance, or an import path) comes with the layer."""
+    class CarriedLinear(ScaledLinear):
+        splitting_handler = ScaledLinearHandler()
+
+    assert handler_for(CarriedLinear(2, 3)) is CarriedLinear.splitting_handler
+    # the paper's RBF layer names its handler by path: a fresh interpreter that never imports the paper
+    # module still finds it when it meets the layer
+    code = ("import sys; from nni_splitting.models import build_model; from nni_splitting.graph import handler_for;"
+            "assert 'nni_splitting.paper.rbf_toy' not in sys.modules;"
+            "h = handler_for(build_model('rbf', widths=[3]).rbf); print(type(h).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "RBFHandler", out.stderr[-2000:]

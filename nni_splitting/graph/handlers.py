@@ -39,7 +39,7 @@ For example, a unit ``u = g * (W x + b)`` with a fixed gain ``g`` (``tests/test_
             w[:, indices] /= 2
             replace_tensor(module, "weight", torch.cat([w, w[:, indices]], dim=1))
 
-    register_layer_handler(ScaledLinear, ScaledLinearHandler())
+    register_layer_handler(ScaledLinear, ScaledLinearHandler())   # or, on the class: splitting_handler = ...
 
 ``compute_splitting`` (exact and fast: the default :meth:`LayerHandler.neuron_products` /
 :meth:`LayerHandler.neuron_gradient` work from :meth:`LayerHandler.neuron_inputs`) and
@@ -55,6 +55,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..importing import import_object
 
 __all__ = [
     "NEURONS", "CHANNELWISE", "DEPTHWISE", "PASS", "POOL",
@@ -422,12 +424,28 @@ def register_layer_handler(cls: type, handler: LayerHandler) -> LayerHandler:
 
 
 def handler_for(module: nn.Module) -> Optional[LayerHandler]:
-    """The handler of ``module``'s class (the most specific registered base class), or ``None``."""
+    """The handler of ``module``'s class (the most specific registered base class), or ``None``.
+
+    A layer class may carry its own: a ``splitting_handler`` class attribute, a :class:`LayerHandler` or the
+    import path of one (``"package.module:Handler"``, imported on first use), so that the handler comes
+    with the model that uses the layer instead of with whatever module happened to be imported first.
+    """
     for cls in type(module).__mro__:
         handler = _HANDLERS.get(cls)
         if handler is not None:
             return handler
+        declared = cls.__dict__.get("splitting_handler")
+        if declared is not None:
+            return register_layer_handler(cls, _declared_handler(cls, declared))
     return None
+
+
+def _declared_handler(cls: type, declared) -> LayerHandler:
+    if isinstance(declared, str):
+        declared = import_object(declared, f"splitting_handler of {cls.__name__}")
+    if isinstance(declared, type) and issubclass(declared, LayerHandler):
+        declared = declared()
+    return declared
 
 
 register_layer_handler(nn.Linear, LinearHandler())

@@ -70,14 +70,17 @@ def check_positive_int(value, what: str, owner: str) -> int:
 
 
 def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan-out) init for convolutions, ones / zeros for batch norm."""
+    """Kaiming-normal (fan-out) init for convolutions (4-D weights), ones / zeros for batch norm (running stats)."""
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
+        weight = getattr(m, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            continue
+        if weight.dim() == 4:
+            nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
+            if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
+        elif getattr(m, "running_var", None) is not None and weight.dim() == 1:
+            nn.init.ones_(weight)
             nn.init.zeros_(m.bias)
 
 

@@ -70,6 +70,8 @@ class RBFLayer(nn.Module):
     """
 
     in_features = 1
+    #: Its splitting handler comes with the layer (imported when a graph walk first meets one).
+    splitting_handler = "nni_splitting.paper.rbf_toy:RBFHandler"
 
     def __init__(self, num_neurons: int, center_range=(-1.0, 1.0), init_width=None):
         super().__init__()

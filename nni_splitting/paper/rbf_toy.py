@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..graph import register_layer_handler, replace_tensor
+from ..graph import replace_tensor
 from ..models import RBFLayer, RBFNet
 from ..selection import select_neurons
 from ..splitting import LayerSplitting
@@ -105,8 +105,6 @@ class RBFHandler(CustomNeuronHandler):
         replace_tensor(module, "centers", theta[:, 0])
         replace_tensor(module, "log_widths", theta[:, 1])
 
-
-register_layer_handler(RBFLayer, RBFHandler())
 
 #: The RBF layer's neuron group in :class:`~nni_splitting.models.RBFNet`: its outputs feed ``output``.
 RBF_GROUP = custom_group("rbf", "rbf", consumers=["output"])
