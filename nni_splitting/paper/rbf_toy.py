@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..graph import replace_tensor
-from ..models import RBFLayer, RBFNet
+from ..models import RBFNet
 from ..selection import select_neurons
 from ..splitting import LayerSplitting
 from ..surgery import split_group
