@@ -44,10 +44,10 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nni_splitting import compute_splitting, select_neurons  # noqa: E402
-from nni_splitting import splitting as _splitting  # noqa: E402  (the exact path's per-chunk function)
-from nni_splitting.energy import select_energy_aware  # noqa: E402
+from nni_splitting.core import splitting as _splitting  # noqa: E402  (the exact path's per-chunk function)
+from nni_splitting.growth.energy import select_energy_aware  # noqa: E402
 from nni_splitting.graph import activation_of_node, find_neuron_groups, trace_model  # noqa: E402
-from nni_splitting.matrix import min_eigenpairs  # noqa: E402
+from nni_splitting.core.matrix import min_eigenpairs  # noqa: E402
 from nni_splitting.models import build_model, default_widths, scale_widths  # noqa: E402
 
 logger = logging.getLogger("bench_splitting")
@@ -311,7 +311,7 @@ def bench_tuner(args) -> List[dict]:
     layers = [f"features.conv{i}.conv" for i in range(1, len(widths) + 1)]
     eigenvalues = {layer: (generator.standard_normal(w) - 0.5).tolist() for layer, w in zip(layers, widths)}
     model = build_model("vgg19_bn", widths)
-    from nni_splitting.counting import neuron_costs
+    from nni_splitting.growth.counting import neuron_costs
     start = time.perf_counter()
     costs = neuron_costs(model, torch.zeros(1, 3, 32, 32), kind="flops")
     counting = time.perf_counter() - start
@@ -339,7 +339,7 @@ def bench_tuner(args) -> List[dict]:
     timeit("select_energy_aware greedy, 5 stage budgets",
            lambda: select_energy_aware(eigenvalues, costs, group_budget, groups=groups, solver="greedy"))
     try:
-        from nni_splitting.tuner import SplittingTuner
+        from nni_splitting.nni.tuner import SplittingTuner
         tuner = SplittingTuner(model="vgg19_bn", seed_widths=1.0, grow_ratio=0.3, cost="flops")
         info = {"widths": widths, "width_layers": layers, "eigenvalues": eigenvalues, "costs": {"flops": costs}}
         timeit("SplittingTuner._select (cost=flops, grow_ratio=0.3)", lambda: tuner._select(info))
@@ -391,7 +391,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dump", default=None, help="folder for per-neuron spectra and |cos| of the layer section")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
-    from nni_splitting.fast import FAST_DEFAULTS
+    from nni_splitting.core.fast import FAST_DEFAULTS
     args.tol = args.tol if args.tol is not None else FAST_DEFAULTS["tol"]
     args.block = args.block if args.block is not None else FAST_DEFAULTS["block"]
     args.max_iter = args.max_iter if args.max_iter is not None else FAST_DEFAULTS["max_iter"]

@@ -1,4 +1,4 @@
-"""Peak memory of compute_splitting per method and layer size, beside what nni_splitting.memory predicts.
+"""Peak memory of compute_splitting per method and layer size, beside what nni_splitting.core.memory predicts.
 
 Each case runs in a fresh process (one torch thread): a warm-up call loads code and the BLAS buffers,
 ``VmHWM`` is reset, then one layer is split and the growth of the peak resident set over the state
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nni_splitting.peak import measuring_environment
+from nni_splitting.core.peak import measuring_environment
 
 MIB = 1024 ** 2
 
@@ -28,7 +28,7 @@ CHILD = r"""
 import json, sys, time, torch, torch.nn as nn
 torch.set_num_threads(1)
 from nni_splitting import compute_splitting
-from nni_splitting.peak import reset_peak, resident_bytes, warm_up
+from nni_splitting.core.peak import reset_peak, resident_bytes, warm_up
 kind, size, neurons, method, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 torch.manual_seed(0)
 if kind == "linear":

@@ -37,10 +37,10 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nni_splitting import compute_splitting, count_model  # noqa: E402
-from nni_splitting.checkpoint import load_checkpoint  # noqa: E402
-from nni_splitting.data import load_dataset, make_loaders  # noqa: E402
+from nni_splitting.growth.checkpoint import load_checkpoint  # noqa: E402
+from nni_splitting.common.data import load_dataset, make_loaders  # noqa: E402
 from nni_splitting.models import build_model  # noqa: E402
-from nni_splitting.training import Recipe, fit  # noqa: E402
+from nni_splitting.common.training import Recipe, fit  # noqa: E402
 
 
 def networks(args):

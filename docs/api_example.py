@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from nni_splitting import apply_splits, compute_splitting, count_model, select_neurons
-from nni_splitting.data import load_dataset, make_loaders
+from nni_splitting.common.data import load_dataset, make_loaders
 from nni_splitting.models import build_model, current_widths
 
 torch.manual_seed(0)

@@ -20,7 +20,7 @@ for one seed (``--seed``):
   (ResNet-20 at a uniform width multiplier), one round each, and ``l1`` / ``fpgm`` / ``taylor``
   (NNI's pruners on the full model at the same parameter ratio, then ``--finetune-epochs``).
 
-It writes ``results.csv`` in the columns of :data:`nni_splitting.report.COLUMNS` (so ``nni-splitting
+It writes ``results.csv`` in the columns of :data:`nni_splitting.nni.report.COLUMNS` (so ``nni-splitting
 report`` tables and plots read it) and ``phases.csv``: per growth step, the splitting phase's seconds
 against one training epoch of the same model (the phase-cost target of issue 11 is a ratio <= 1).
 ``--device cpu`` with ``--per-class`` and small ``--epochs`` is the CPU smoke test (tests/test_gpu_script.py).
@@ -43,10 +43,10 @@ import torch.nn as nn
 from nni_splitting import apply_splits, compute_splitting, count_model, select
 from nni_splitting.baselines.growth import uniform_width_model
 from nni_splitting.baselines.pruning import prune_to_ratio
-from nni_splitting.data import load_dataset
+from nni_splitting.common.data import load_dataset
 from nni_splitting.models import build_model, current_widths, scale_widths
-from nni_splitting.report import COLUMNS
-from nni_splitting.training import Recipe, evaluate, fit
+from nni_splitting.nni.report import COLUMNS
+from nni_splitting.common.training import Recipe, evaluate, fit
 
 logger = logging.getLogger("cifar_gpu")
 #: the plain families beside the full model's own: arm -> (model, base widths or None for its defaults)
@@ -103,7 +103,7 @@ def _row(arm: str, step: int, model: nn.Module, dummy: torch.Tensor, reference: 
          val: float, epochs: int, wall: float, seed: int) -> Dict[str, object]:
     flops, params = count_model(copy.deepcopy(model).float().cpu().eval(), dummy)
     method = {"splitting": "splitting", "full": "full", "scratch_round": "retrain"}.get(
-        arm, "pruning" if arm in PRUNERS else "width")  # the families of nni_splitting.claims
+        arm, "pruning" if arm in PRUNERS else "width")  # the families of nni_splitting.nni.claims
     return {"arm": arm, "method": method, "seed": seed, "step": step, "params": params, "flops": flops,
             "params_ratio": params / reference[1], "flops_ratio": flops / reference[0], "accuracy": test,
             "val_accuracy": val, "epochs": epochs, "wall_time": wall, "experiment_id": "cifar_gpu",

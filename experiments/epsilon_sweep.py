@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 
 from nni_splitting import apply_splits, compute_splitting, select_neurons
-from nni_splitting.data import load_dataset, make_loaders
+from nni_splitting.common.data import load_dataset, make_loaders
 from nni_splitting.models import build_model
-from nni_splitting.training import evaluate, seed_everything, train
+from nni_splitting.common.training import evaluate, seed_everything, train
 
 EPSILONS = (0.01, 0.03, 0.1, 0.3)
 SEEDS = (0, 1, 2)

@@ -14,7 +14,7 @@ import dataclasses
 
 import torch
 
-from nni_splitting.strategies import S2DStrategy
+from nni_splitting.growth.strategies import S2DStrategy
 
 
 class RandomSplitStrategy(S2DStrategy):

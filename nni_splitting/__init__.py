@@ -10,16 +10,16 @@ eigenvalue, along its eigenvector::
 
 Every selection rule is reachable by name (``select(splits, "lowest_fraction", fraction=0.3)``),
 and :class:`SplittingGrower` runs the whole loop NNI-style; the shared defaults are in
-:mod:`nni_splitting.defaults`.
+:mod:`nni_splitting.common.defaults`.
 """
-from .counting import count_model, neuron_costs
-from .firefly import FireflyLayer, apply_firefly, compute_firefly, load_firefly, save_firefly
-from .graph import NeuronGroup, find_neuron_groups, trace_model
-from .grower import SplittingGrower
-from .selection import SELECTION_RULES, register_selection_rule, select, select_energy_aware, select_neurons
-from .splitting import LayerSplitting, compute_splitting, load_splits, save_splits
-from .strategies import STRATEGIES, FireflyStrategy, GrowthStrategy, S2DStrategy, make_strategy, register_strategy
-from .surgery import apply_splits
+from nni_splitting.growth.counting import count_model, neuron_costs
+from nni_splitting.growth.firefly import FireflyLayer, apply_firefly, compute_firefly, load_firefly, save_firefly
+from nni_splitting.graph import NeuronGroup, find_neuron_groups, trace_model
+from nni_splitting.growth.grower import SplittingGrower
+from nni_splitting.growth.selection import SELECTION_RULES, register_selection_rule, select, select_energy_aware, select_neurons
+from nni_splitting.core.splitting import LayerSplitting, compute_splitting, load_splits, save_splits
+from nni_splitting.growth.strategies import STRATEGIES, FireflyStrategy, GrowthStrategy, S2DStrategy, make_strategy, register_strategy
+from nni_splitting.growth.surgery import apply_splits
 
 __all__ = [
     "compute_splitting",

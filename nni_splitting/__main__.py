@@ -1,8 +1,8 @@
-"""``python -m nni_splitting``: the same command line as ``nni-splitting`` (:mod:`nni_splitting.cli`)."""
+"""``python -m nni_splitting``: the same command line as ``nni-splitting`` (:mod:`nni_splitting.nni.cli`)."""
 import logging
 import sys
 
-from .cli import main
+from nni_splitting.nni.cli import main
 
 __all__ = ["main"]
 

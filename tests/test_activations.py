@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nni_splitting.activations import (Activation, ActivationSpec, activation_from_function, activation_from_module,
+from nni_splitting.graph.activations import (Activation, ActivationSpec, activation_from_function, activation_from_module,
                                        register_activation)
 
 

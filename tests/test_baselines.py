@@ -12,9 +12,9 @@ from nni_splitting.baselines import (PRUNERS, SEARCH_SPACE_MODELS, add_new_neuro
                                      reinitialize, uniform_width_model, validate_width_space, width_search_space,
                                      widths_from_params, widths_of)
 from nni_splitting.baselines.growth import SEARCH_SPACE_DIR
-from nni_splitting.data import load_dataset, make_loaders
+from nni_splitting.common.data import load_dataset, make_loaders
 from nni_splitting.models import build_model, current_widths, default_widths, rebuild, scale_widths
-from nni_splitting.training import train
+from nni_splitting.common.training import train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -91,7 +91,7 @@ def test_pruners_keep_mobilenet_depthwise_pairs_together(method):
 
 
 def test_an_nni_evaluator_built_for_the_model_trains_a_copy(trained_small_cnn, digits):
-    from nni_splitting.training import torch_evaluator
+    from nni_splitting.common.training import torch_evaluator
 
     loader, x = digits
     before = {k: v.clone() for k, v in trained_small_cnn.state_dict().items()}
@@ -107,8 +107,8 @@ def test_slim_factors_are_folded_into_the_weights():
     """NNI's unwrap drops SlimPruner's trained factors; folding keeps the function that was trained."""
     from nni.compression.pruning import SlimPruner
 
-    from nni_splitting.nni_compat import fold_slim_factors as _fold_slim_factors
-    from nni_splitting.training import torch_evaluator
+    from nni_splitting.common.nni_compat import fold_slim_factors as _fold_slim_factors
+    from nni_splitting.common.training import torch_evaluator
 
     torch.manual_seed(0)
     model, x = build_model("small_cnn", widths=[8, 16, 32]).eval(), torch.randn(4, 1, 8, 8)

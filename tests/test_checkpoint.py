@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nni_splitting.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
+from nni_splitting.growth.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from nni_splitting.models import build_model
 
 

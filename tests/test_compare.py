@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from nni_splitting import experiment as ex
-from nni_splitting.arms import arm_label
-from nni_splitting.compare import CompareTuner
+import nni_helpers as ex
+from nni_splitting.nni.arms import arm_label
+from nni_splitting.nni.compare import CompareTuner
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "experiments" / "compare_digits.yml"
@@ -181,7 +181,7 @@ def test_report_of_a_stopped_experiment_through_nnictl_view(tiny):
                                   "compare_cifar_vgg19.yml", "compare_cifar_vgg19_cpu.yml"])
 def test_compare_configs_build_the_tuner(name):
     config = ex.load_config(ROOT / "experiments" / name)
-    assert config["trialCommand"].startswith("python -m nni_splitting.arms")
+    assert config["trialCommand"].startswith("python -m nni_splitting.nni.arms")
     tuner = CompareTuner(**config["tuner"]["classArgs"])
     tuner.end_hook = None
     assert tuner.args.beam >= 1 and tuner.pruners
@@ -194,7 +194,7 @@ def test_width_search_configs(name, tuner):
     import importlib
     import json
 
-    from nni_splitting.arms import _resolve
+    from nni_splitting.nni.arms import _resolve
     from nni_splitting.baselines import load_search_space, widths_from_params
 
     config = ex.load_config(ROOT / "experiments" / name)
@@ -202,7 +202,7 @@ def test_width_search_configs(name, tuner):
     built = getattr(importlib.import_module(f"nni.algorithms.hpo.{module}"), cls)(**config["tuner"]["classArgs"])
     built.update_search_space(load_search_space("small_cnn"))  # the built-in tuner takes its classArgs and space
     assert config["tuner"]["name"].lower() in cls.lower()
-    assert Path(config["searchSpaceFile"]).exists() and "nni_splitting.arms" in config["trialCommand"]
+    assert Path(config["searchSpaceFile"]).exists() and "nni_splitting.nni.arms" in config["trialCommand"]
     overrides = json.loads(config["trialCommand"].split("--params", 1)[1].strip().strip("'"))
     assert overrides["max_params_ratio"] == 0.05 and overrides["arm_label"].startswith("hpo_")
     params = _resolve({"mult_0": 0.25, "mult_1": 0.5, "mult_2": 1.0}, {"arm": "width", "epochs": 1})
@@ -240,7 +240,7 @@ def test_step_baselines_are_queued_when_the_step_reports_and_only_for_baseline_s
 
 
 def test_compare_class_args_validator_is_public_and_cheap():
-    from nni_splitting.compare import CompareClassArgsValidator
+    from nni_splitting.nni.compare import CompareClassArgsValidator
     check = CompareClassArgsValidator().validate_class_args
     check(model="small_cnn", arms=["pruning", "uniform"], pruners=["l1"], baseline_steps=[0, 2], max_steps=2)
     for bad, match in (({"arms": ["pruning", "magic"]}, "unknown arms"), ({"pruners": "l1"}, "list of names"),

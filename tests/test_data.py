@@ -1,4 +1,4 @@
-"""Tests of nni_splitting.data: digits, CIFAR-10 (both layouts), MNIST IDX files, loaders."""
+"""Tests of nni_splitting.common.data: digits, CIFAR-10 (both layouts), MNIST IDX files, loaders."""
 
 import gzip
 import pickle
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from nni_splitting.data import (
+from nni_splitting.common.data import (
     CIFAR10_MEAN, CIFAR10_STD, DATASETS, DatasetSplits, dummy_input, load_dataset, make_loaders,
     read_idx,
 )

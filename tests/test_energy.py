@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from nni_splitting import compute_splitting, neuron_costs, select_neurons
-from nni_splitting.selection import InfeasibleBudgetError, energy_aware_plan, select_energy_aware
+from nni_splitting.growth.selection import InfeasibleBudgetError, energy_aware_plan, select_energy_aware
 
 
 def _random_instance(seed, layers=5, width=40):
@@ -124,7 +124,7 @@ def test_highs_failure_falls_back_to_greedy(monkeypatch, caplog):
 
     monkeypatch.setattr(scipy.optimize, "linprog", lambda *a, **k: Failed())
     splits = {"a": [-1.0, -2.0, -3.0]}
-    with caplog.at_level(logging.WARNING, logger="nni_splitting.selection"):
+    with caplog.at_level(logging.WARNING, logger="nni_splitting.growth.selection"):
         plan = select_energy_aware(splits, {"a": 1.0}, 2.0)
     assert plan == {"a": [1, 2]} and "greedy" in caplog.text
 

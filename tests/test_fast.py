@@ -7,8 +7,8 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nni_splitting import compute_splitting
-from nni_splitting import splitting as splitting_module
-from nni_splitting.fast import SplittingOperator, check_fast_options, lobpcg_min
+from nni_splitting.core import splitting as splitting_module
+from nni_splitting.core.fast import SplittingOperator, check_fast_options, lobpcg_min
 
 
 def _randomize_bn(module):
@@ -169,7 +169,7 @@ def test_unconverged_neurons_are_reported(caplog):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(30, 20), nn.Tanh(), nn.Linear(20, 3)).double().eval()
     x, y = _data((30,), n=64)
-    with caplog.at_level(logging.WARNING, logger="nni_splitting.fast"):
+    with caplog.at_level(logging.WARNING, logger="nni_splitting.core.fast"):
         split = compute_splitting(model, nn.CrossEntropyLoss(), [(x, y)], method="fast",
                                   fast_options={"max_iter": 1, "tol": 1e-9})["0"]
     assert split.convergence["converged"] < 20 and split.convergence["iterations"] == 1

@@ -1,4 +1,4 @@
-"""Firefly growth (nni_splitting.firefly) and the growth strategies, on real models and the digits data.
+"""Firefly growth (nni_splitting.growth.firefly) and the growth strategies, on real models and the digits data.
 
 The measured quantity of the ranking test: the training-batch loss after applying one candidate
 alone (its fitted perturbation at full scale, ``apply_firefly(model, c, {layer: [i]})``) minus the
@@ -13,14 +13,14 @@ import torch.nn as nn
 from scipy.stats import spearmanr
 
 from nni_splitting.baselines.growth import add_new_neurons
-from nni_splitting.data import load_dataset
-from nni_splitting.firefly import apply_firefly, compute_firefly, load_firefly, save_firefly
+from nni_splitting.common.data import load_dataset
+from nni_splitting.growth.firefly import apply_firefly, compute_firefly, load_firefly, save_firefly
 from nni_splitting.models import build_model
-from nni_splitting.selection import select
-from nni_splitting.splitting import compute_splitting
-from nni_splitting.strategies import (STRATEGIES, FireflyStrategy, GrowthStrategy, S2DStrategy, make_strategy,
+from nni_splitting.growth.selection import select
+from nni_splitting.core.splitting import compute_splitting
+from nni_splitting.growth.strategies import (STRATEGIES, FireflyStrategy, GrowthStrategy, S2DStrategy, make_strategy,
                                       register_strategy)
-from nni_splitting.surgery import apply_splits
+from nni_splitting.growth.surgery import apply_splits
 
 LOSS = nn.CrossEntropyLoss()
 
@@ -251,7 +251,7 @@ def test_strategies_by_name_and_s2d_is_todays_path(digits):
 
 
 def test_greedy_top_under_a_parameter_budget(digits):
-    from nni_splitting.counting import neuron_costs
+    from nni_splitting.growth.counting import neuron_costs
 
     x, y = digits
     model = _train(build_model("mlp", widths=[6, 6]), x, y, 50)

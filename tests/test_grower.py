@@ -6,7 +6,7 @@ import torch.nn as nn
 import torchvision
 from nni.compression import TorchEvaluator
 
-from nni_splitting.grower import SplittingGrower
+from nni_splitting.growth.grower import SplittingGrower
 
 
 def _batches(n=3, size=8, seed=0):
@@ -64,10 +64,10 @@ def test_plain_training_function_and_bad_config():
 
 
 def test_firefly_strategy_grows_digits_mlp_and_defaults_stay_s2d():
-    from nni_splitting.data import load_dataset
-    from nni_splitting.firefly import FireflyLayer
+    from nni_splitting.common.data import load_dataset
+    from nni_splitting.growth.firefly import FireflyLayer
     from nni_splitting.models import build_model
-    from nni_splitting.strategies import FireflyStrategy, S2DStrategy
+    from nni_splitting.growth.strategies import FireflyStrategy, S2DStrategy
 
     x, y = load_dataset("digits").train.tensors
     torch.manual_seed(0)

@@ -4,8 +4,8 @@ import torch
 import torch.nn as nn
 
 from nni_splitting import compute_splitting, load_splits, save_splits
-from nni_splitting.fast import check_fast_options
-from nni_splitting.matrix import extreme_eigenpairs, max_eigenpairs, min_eigenpairs
+from nni_splitting.core.fast import check_fast_options
+from nni_splitting.core.matrix import extreme_eigenpairs, max_eigenpairs, min_eigenpairs
 
 
 def _models():

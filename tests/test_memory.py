@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from nni_splitting import compute_splitting
-from nni_splitting.memory import EIGH_MATRICES, EIGH_WORKSPACE, LOBPCG_VECTORS, LayerCost, plan_passes
-from nni_splitting.peak import measuring_environment
+from nni_splitting.core.memory import EIGH_MATRICES, EIGH_WORKSPACE, LOBPCG_VECTORS, LayerCost, plan_passes
+from nni_splitting.core.peak import measuring_environment
 
 GIB = 1024 ** 3
 MIB = 1024 ** 2
@@ -100,7 +100,7 @@ def _peak_in_child(body: str, timeout: int = 900) -> dict:
         import json, torch, torch.nn as nn
         torch.set_num_threads(1)
         from nni_splitting import compute_splitting
-        from nni_splitting.peak import reset_peak, resident_bytes, warm_up
+        from nni_splitting.core.peak import reset_peak, resident_bytes, warm_up
     """) + textwrap.dedent(body) + textwrap.dedent("""
         warm_up(kwargs.get("method", "auto"))
         reset_peak()

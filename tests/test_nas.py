@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from nni_splitting import experiment as ex
-from nni_splitting.arms import _resolve, run_arm
-from nni_splitting.baselines.nas import make_strategy, run_nas_width_search
+import nni_helpers as ex
+from nni_splitting.nni.arms import _resolve, run_arm
+from nni_splitting.nni.nas import make_strategy, run_nas_width_search
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nni_splitting import nni_compat
+from nni_splitting.common import nni_compat
 from nni_splitting.models import build_model, current_widths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def test_speedup_needs_the_shim_and_works_with_it():
         import copy, torch
         from nni.compression.pruning import L1NormPruner
         from nni.compression.speedup import ModelSpeedup
-        from nni_splitting import nni_compat
+        from nni_splitting.common import nni_compat
         from nni_splitting.models import build_model, current_widths
         torch.manual_seed(0)
         model = build_model("small_cnn", widths=[8, 16, 32]).eval()

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from nni_splitting import experiment as ex  # the old import path: re-exports of nni_splitting.nni
-from nni_splitting.lineage import grown_widths
+import nni_helpers as ex  # the old import path: re-exports of nni_splitting.nni
+from nni_splitting.nni.lineage import grown_widths
 from nni_splitting.nni import nnictl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,8 +197,8 @@ def test_register_tuner_by_name(tmp_path):
     show = subprocess.run([*ex.nnictl_command(), "algo", "show", "Splitting"], env=ex.venv_env(env),
                           capture_output=True, text=True, timeout=120)
     meta = json.loads(show.stdout[show.stdout.index("{"):])
-    assert meta["className"] == "nni_splitting.tuner.SplittingTuner"
-    assert meta["classArgsValidator"] == "nni_splitting.tuner.SplittingClassArgsValidator"
+    assert meta["className"] == "nni_splitting.nni.tuner.SplittingTuner"
+    assert meta["classArgsValidator"] == "nni_splitting.nni.tuner.SplittingClassArgsValidator"
 
 
 def _lineage(base):

@@ -1,4 +1,4 @@
-"""The offspring levers of the CIFAR protocol's ablations (nni_splitting.offspring), on a real small CNN and digits."""
+"""The offspring levers of the CIFAR protocol's ablations (nni_splitting.growth.offspring), on a real small CNN and digits."""
 from __future__ import annotations
 
 import pytest
@@ -6,10 +6,10 @@ import torch
 import torch.nn as nn
 
 from nni_splitting import apply_splits, compute_splitting
-from nni_splitting.data import load_dataset
+from nni_splitting.common.data import load_dataset
 from nni_splitting.models import build_model
-from nni_splitting.offspring import break_symmetry, neuron_norms, scale_directions
-from nni_splitting.trial import check_train_settings
+from nni_splitting.growth.offspring import break_symmetry, neuron_norms, scale_directions
+from nni_splitting.nni.trial import check_train_settings
 
 
 @pytest.fixture(scope="module")

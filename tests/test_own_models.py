@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from nni_splitting.data import load_dataset, make_loaders
+from nni_splitting.common.data import load_dataset, make_loaders
 from nni_splitting.models.spec import build_seed, check_traceable, load_weights
-from nni_splitting.reshape import resize_to, splittable_widths
+from nni_splitting.growth.reshape import resize_to, splittable_widths
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the trials import experiments.own_model from the repository root likewise

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nni_splitting import experiment as ex
+import nni_helpers as ex
 from nni_splitting.nni import nnictl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,5 +132,5 @@ def test_own_strategy_named_by_import_path_grows_through_nnictl(tmp_path):
     finally:
         ex.stop(experiment_id)
     with pytest.raises(ValueError, match="no attribute 'Nothing'"):
-        from nni_splitting.tuner import SplittingClassArgsValidator
+        from nni_splitting.nni.tuner import SplittingClassArgsValidator
         SplittingClassArgsValidator().validate_class_args(strategy="experiments.own_strategy:Nothing")

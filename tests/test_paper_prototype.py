@@ -94,7 +94,7 @@ def test_split_tree_bookkeeping(tmp_path):
 
 @pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason="no ../shared/data/mnist")
 def test_minimal_mnist_growth_tree_and_probe(tmp_path):
-    from nni_splitting.data import load_dataset
+    from nni_splitting.common.data import load_dataset
 
     data = load_dataset("mnist", DATA / "mnist", per_class=20, test_per_class=10, val_per_class=1)
     train, test = P.mnist_unit_interval(data.train), P.mnist_unit_interval(data.test)

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from nni_splitting import compute_splitting
 from nni_splitting.graph.handlers import Conv2dHandler, LayerHandler
-from nni_splitting.matrix import depthwise_jacobian, depthwise_jacobian_at, neuron_inputs, neuron_inputs_at
+from nni_splitting.core.matrix import depthwise_jacobian, depthwise_jacobian_at, neuron_inputs, neuron_inputs_at
 from nni_splitting.models import build_model
 
 

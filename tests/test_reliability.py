@@ -22,19 +22,19 @@ import numpy as np
 import pytest
 import torch
 
-from nni_splitting.checkpoint import CheckpointError, file_sha256, save_checkpoint
-from nni_splitting.cli import main, validate_config
-from nni_splitting.lineage import NodeStatus
+from nni_splitting.growth.checkpoint import CheckpointError, file_sha256, save_checkpoint
+from nni_splitting.nni.cli import main, validate_config
+from nni_splitting.nni.lineage import NodeStatus
 from nni_splitting.models import build_model
 from nni_splitting.nni import nnictl, rest
 from nni_splitting.nni.config import load_config, write_config
-from nni_splitting.scheduler import Scheduler
-from nni_splitting.splitting import load_splits, save_splits
-from nni_splitting.storage import atomic_write_json, read_json
-from nni_splitting.surgery import validate_plan
-from nni_splitting.trial import build_network, resolve_params
-from nni_splitting.tuner import SplittingTuner
-from nni_splitting.tuner_args import SplittingArguments, check_seed
+from nni_splitting.nni.scheduler import Scheduler
+from nni_splitting.core.splitting import load_splits, save_splits
+from nni_splitting.common.storage import atomic_write_json, read_json
+from nni_splitting.growth.surgery import validate_plan
+from nni_splitting.nni.trial import build_network, resolve_params
+from nni_splitting.nni.tuner import SplittingTuner
+from nni_splitting.nni.tuner_args import SplittingArguments, check_seed
 
 from test_nnictl_e2e import _short_config
 
@@ -121,7 +121,7 @@ def test_idle_nni_is_not_the_end_while_the_tuner_has_work_pending():
 
 
 def test_the_cli_reads_whether_the_tuner_has_finished(tmp_path):
-    from nni_splitting.cli import _tuner_pending
+    from nni_splitting.nni.cli import _tuner_pending
     pending = _tuner_pending(tmp_path)
     assert not pending()  # no state file: nothing to wait for
     atomic_write_json(tmp_path / "checkpoint" / "splitting_tuner.json", {"finished": False, "stopped": {}})
@@ -298,7 +298,7 @@ def test_wrong_length_seed_widths_are_refused_at_start_up(tmp_path, capsys):
 # ---------------------------------------------------------------- item 8: small API gaps
 
 def test_plan_must_be_a_mapping_and_numpy_indices_are_accepted():
-    from nni_splitting.splitting import LayerSplitting
+    from nni_splitting.core.splitting import LayerSplitting
 
     class Fake:
         num_neurons = 4

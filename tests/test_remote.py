@@ -38,8 +38,8 @@ from pathlib import Path
 
 import pytest
 
-from nni_splitting import experiment as ex
-from nni_splitting.lineage import grown_widths
+import nni_helpers as ex
+from nni_splitting.nni.lineage import grown_widths
 from nni_splitting.nni.nnictl import LOOPBACK_PRELOAD
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -363,7 +363,7 @@ def test_trial_keeper_serves_its_trials_on_loopback_only(remote_run):
 
 def test_tuner_in_dispatcher_env_finds_remote_trials_finished_work(remote_run, monkeypatch):
     """What ``nnictl resume`` relies on: the tuner, in its dispatcher's environment, verifies finished work."""
-    from nni_splitting.tuner import SplittingTuner
+    from nni_splitting.nni.tuner import SplittingTuner
 
     env = remote_run["dispatcher_env"]
     if not env.get("NNI_CHECKPOINT_DIRECTORY") or remote_run["final"] != "DONE":  # not the expected failure

@@ -1,4 +1,4 @@
-"""``nni_splitting.report`` on synthetic NNI records (the real-experiment path is in tests/test_compare.py:
+"""``nni_splitting.nni.report`` on synthetic NNI records (the real-experiment path is in tests/test_compare.py:
 ``test_report_reads_the_experiment`` (REST of a running experiment) and
 ``test_report_of_a_stopped_experiment_through_nnictl_view``).  A few seconds."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import csv
 
 import pytest
 
-from nni_splitting import report
-from nni_splitting.cli import main as cli_main
+from nni_splitting.nni import report
+from nni_splitting.nni.cli import main as cli_main
 
 
 def _trials():

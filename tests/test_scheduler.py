@@ -8,13 +8,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nni_splitting.checkpoint import save_checkpoint
-from nni_splitting.lineage import NodeKind, NodeStatus
+from nni_splitting.growth.checkpoint import save_checkpoint
+from nni_splitting.nni.lineage import NodeKind, NodeStatus
 from nni_splitting.models import build_model
-from nni_splitting.scheduler import Policy, Scheduler
-from nni_splitting.storage import atomic_write_json, read_json
-from nni_splitting.dispatcher import verified_result
-from nni_splitting.tuner import SplittingArguments
+from nni_splitting.nni.scheduler import Policy, Scheduler
+from nni_splitting.common.storage import atomic_write_json, read_json
+from nni_splitting.nni.dispatcher import verified_result
+from nni_splitting.nni.tuner import SplittingArguments
 
 LAYERS = ["a", "b"]
 EIG = {"a": [-0.1, -0.5, 0.2], "b": [-0.3, 0.0]}
@@ -219,7 +219,7 @@ def test_lowest_fraction_selection_splits_whatever_the_sign(tmp_path):
 
 
 def test_unknown_selection_is_refused():
-    from nni_splitting.tuner import SplittingClassArgsValidator
+    from nni_splitting.nni.tuner import SplittingClassArgsValidator
     with pytest.raises(ValueError, match="selection must be one of"):
         SplittingClassArgsValidator().validate_class_args(selection="smallest")
     with pytest.raises(ValueError, match="ranks by index only"):
@@ -246,7 +246,7 @@ def test_lineage_settings_override_one_lineage_each(tmp_path):
 
 
 def test_lineage_settings_are_validated():
-    from nni_splitting.tuner import SplittingClassArgsValidator
+    from nni_splitting.nni.tuner import SplittingClassArgsValidator
     check = SplittingClassArgsValidator().validate_class_args
     with pytest.raises(ValueError, match="one per lineage"):
         check(beam=2, lineage_settings=[{}])
@@ -270,7 +270,7 @@ def test_lineage_settings_cost_ranks_that_lineage_per_flop(tmp_path):
     assert children[0].params["split_plan"] == {"b": [0]}  # -0.3 per FLOP beats a[1]'s -0.5 / 10
     assert children[1].params["split_plan"] == {"a": [1]}  # by index alone
     assert "cost" not in children[0].params
-    from nni_splitting.tuner import SplittingClassArgsValidator
+    from nni_splitting.nni.tuner import SplittingClassArgsValidator
     check = SplittingClassArgsValidator().validate_class_args
     with pytest.raises(ValueError, match=r"lineage_settings\[0\].cost"):
         check(beam=1, lineage_settings=[{"cost": "joules"}])
@@ -293,7 +293,7 @@ def test_energy_selection_spends_the_count_rules_flops_on_the_cheapest_descent(t
     atomic_write_json(Path(result["indexes"]), index)
     sched.succeeded(seed, result)
     assert sched.pop_ready().params["split_plan"] == {"b": [0, 1]}
-    from nni_splitting.tuner import SplittingClassArgsValidator
+    from nni_splitting.nni.tuner import SplittingClassArgsValidator
     SplittingClassArgsValidator().validate_class_args(selection="energy", cost="flops")  # accepted
 
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from nni_splitting import apply_splits, compute_splitting, neuron_costs, select_neurons, count_model
-from nni_splitting.activations import activation_from_module
-from nni_splitting.matrix import batchnorm_scale
+from nni_splitting.graph.activations import activation_from_module
+from nni_splitting.core.matrix import batchnorm_scale
 
 
 def _data(n=32, features=4, classes=3, seed=0):
@@ -199,7 +199,7 @@ def test_chunked_passes_match_single_pass(caplog):
     full = compute_splitting(model, nn.CrossEntropyLoss(), batches, method="exact", keep_matrices=True, layers=["0"])["0"]
     # d = 5: a matrix is 200 bytes; a batch of 16 unfolds to 16 * 5 doubles (640 bytes, held 4 times while
     # it is added): 5120 bytes is the least limit, its data half holds 12 neurons' running sums: 2 passes.
-    with caplog.at_level(logging.INFO, logger="nni_splitting.splitting"):
+    with caplog.at_level(logging.INFO, logger="nni_splitting.core.splitting"):
         chunked = compute_splitting(model, nn.CrossEntropyLoss(), iter(batches), method="exact", keep_matrices=True,
                                     layers=["0"], memory_limit=5120)["0"]
     assert "2 passes over the data" in caplog.text

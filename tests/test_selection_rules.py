@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nni_splitting import SplittingGrower, apply_splits, compute_splitting, count_model, defaults, neuron_costs
-from nni_splitting.selection import (SELECTION_RULES, halve_plan, rank_plan, register_selection_rule, rule_options,
+from nni_splitting import SplittingGrower, apply_splits, compute_splitting, count_model, neuron_costs
+from nni_splitting.common import defaults
+from nni_splitting.growth.selection import (SELECTION_RULES, halve_plan, rank_plan, register_selection_rule, rule_options,
                                      select, select_energy_aware, select_lowest_fraction, select_neurons,
                                      split_count, trim_plan)
 

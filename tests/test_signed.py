@@ -1,4 +1,4 @@
-"""Signed splitting (S3D, nni_splitting.signed) against an fp64 reference, on real models and the digits data."""
+"""Signed splitting (S3D, nni_splitting.growth.signed) against an fp64 reference, on real models and the digits data."""
 from __future__ import annotations
 
 import pytest
@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 
 from nni_splitting import apply_splits, compute_splitting, select_neurons
-from nni_splitting.data import load_dataset
+from nni_splitting.common.data import load_dataset
 from nni_splitting.models import build_model
-from nni_splitting.signed import (SCHEMES, apply_signed_splits, predicted_change, scheme_choices, signed_indexes,
+from nni_splitting.growth.signed import (SCHEMES, apply_signed_splits, predicted_change, scheme_choices, signed_indexes,
                                    signed_schemes)
 
 

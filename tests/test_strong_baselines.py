@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from nni_splitting.arms import resolve_arm_params, run_arm
-from nni_splitting.claims import accuracy_front, claims, claims_markdown, front_accuracy
-from nni_splitting.compare import CompareClassArgsValidator, CompareTuner
-from nni_splitting.counting import count_model
+from nni_splitting.nni.arms import resolve_arm_params, run_arm
+from nni_splitting.nni.claims import accuracy_front, claims, claims_markdown, front_accuracy
+from nni_splitting.nni.compare import CompareClassArgsValidator, CompareTuner
+from nni_splitting.growth.counting import count_model
 from nni_splitting.graph import find_neuron_groups, trace_model
 from nni_splitting.models import build_model, current_widths, scale_widths
 
@@ -132,8 +132,8 @@ def test_width_search_in_the_strong_family_samples_under_the_budget(tmp_path):
     not trained; one under it is the strong family at the sampled per-layer widths."""
     import shlex
 
-    from nni_splitting import experiment as ex
-    from nni_splitting.arms import resolve_arm_params
+    import nni_helpers as ex
+    from nni_splitting.nni.arms import resolve_arm_params
     from nni_splitting.baselines import load_search_space, widths_from_params
 
     root = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -154,7 +154,7 @@ def test_width_search_in_the_strong_family_samples_under_the_budget(tmp_path):
 
 @pytest.mark.parametrize("name", ["cifar_strong.yml", "cifar_strong_seeds.yml"])
 def test_strong_comparison_configs_build_the_tuner(name):
-    from nni_splitting import experiment as ex
+    import nni_helpers as ex
 
     config = ex.load_config(__import__("pathlib").Path(__file__).resolve().parent.parent / "experiments" / name)
     args = config["tuner"]["classArgs"]
@@ -170,9 +170,9 @@ def test_strong_comparison_configs_build_the_tuner(name):
 
 def test_an_arm_is_one_registry_entry(tmp_path):
     """A toy arm registered here: the comparison accepts its switch, queues it by its own rule at each
-    reported step, `python -m nni_splitting.arms` runs it, and the report orders it after the others."""
-    from nni_splitting import arms
-    from nni_splitting.arms import ARM_SPECS, ArmOutcome, ArmSpec, register_arm, report_order
+    reported step, `python -m nni_splitting.nni.arms` runs it, and the report orders it after the others."""
+    from nni_splitting.nni import arms
+    from nni_splitting.nni.arms import ARM_SPECS, ArmOutcome, ArmSpec, register_arm, report_order
 
     def run(ctx):
         model = build_model("small_cnn", widths=[2, 2, 2], **ctx.kwargs)

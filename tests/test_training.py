@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nni_splitting.data import load_dataset, make_loaders
+from nni_splitting.common.data import load_dataset, make_loaders
 from nni_splitting.models import build_model
-from nni_splitting.training import (Recipe, _lr_factor, _wants_augmentation, augment_batch, evaluate,
+from nni_splitting.common.training import (Recipe, _lr_factor, _wants_augmentation, augment_batch, evaluate,
                                      evaluate_loss_accuracy, fit, torch_evaluator, train)
 
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from nni_splitting import load_splits
-from nni_splitting.storage import CHECKPOINT_FILE, INDEX_FILE, SPLITS_FILE
-from nni_splitting.trial import resolve_params, run_trial
+from nni_splitting.common.storage import CHECKPOINT_FILE, INDEX_FILE, SPLITS_FILE
+from nni_splitting.nni.trial import resolve_params, run_trial
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"epochs": 1, "split_batches": 2, "num_threads": 1}
@@ -32,7 +32,7 @@ def seed_run(tmp_path_factory):
 def test_standalone_cli_writes_checkpoint_and_indexes(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("NNI_PLATFORM", None)
-    proc = subprocess.run([sys.executable, "-m", "nni_splitting.trial", "--output-dir", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "nni_splitting.nni.trial", "--output-dir", str(tmp_path),
                            "--params", json.dumps(FAST)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -89,7 +89,7 @@ def test_child_with_wrong_expected_widths_fails(seed_run, tmp_path):
 def test_split_child_starts_close_to_parent(seed_run):
     """Splitting with a small epsilon keeps the function (the paper's warm start)."""
     from nni_splitting import apply_splits
-    from nni_splitting.data import load_dataset
+    from nni_splitting.common.data import load_dataset
     from nni_splitting.models import build_model
 
     _, _, seed = seed_run
@@ -107,7 +107,7 @@ def test_split_child_starts_close_to_parent(seed_run):
 
 def test_missing_data_dir_fails_at_once(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "nni_splitting.trial", "--output-dir", str(tmp_path), "--params",
+    proc = subprocess.run([sys.executable, "-m", "nni_splitting.nni.trial", "--output-dir", str(tmp_path), "--params",
                            json.dumps({"dataset": "cifar10", "data_dir": str(tmp_path / "no-cifar")})],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
@@ -121,7 +121,7 @@ def test_bad_parameters_are_reported(tmp_path):
 
 def test_splitting_failure_keeps_trained_model(tmp_path, monkeypatch):
     """If the splitting indexes cannot be computed, the trained network and its accuracy are still saved."""
-    from nni_splitting.strategies import S2DStrategy
+    from nni_splitting.growth.strategies import S2DStrategy
 
     def broken(*args, **kwargs):
         raise RuntimeError("eigh did not converge")
@@ -136,7 +136,7 @@ def test_splitting_failure_keeps_trained_model(tmp_path, monkeypatch):
 
 def test_trial_writes_under_shared_storage_path(tmp_path, monkeypatch):
     """With a storage_path the trial writes to <storage_path>/<experiment id>/<trial id> and reports those paths."""
-    from nni_splitting.trial import main
+    from nni_splitting.nni.trial import main
 
     monkeypatch.chdir(tmp_path)
     reported = {}
@@ -160,7 +160,7 @@ def test_full_width_multiplier_sets_the_reference_of_the_ratios(tmp_path):
                                       {"symmetry_breaking": "noise"}, {"symmetry_breaking": "bn_scale"}])
 def test_child_network_uses_the_offspring_settings(seed_run, settings):
     """The ablation levers reach the trial's network: the grown weights differ from the plain split's."""
-    from nni_splitting.trial import build_network
+    from nni_splitting.nni.trial import build_network
     _, _, seed = seed_run
     info = json.loads(Path(seed["indexes"]).read_text())
     layer = info["width_layers"][1]
@@ -191,7 +191,7 @@ def test_firefly_trials_score_candidates_and_grow_new_neurons(tmp_path):
 
 
 def test_tuner_strategy_reaches_the_trials():
-    from nni_splitting.tuner import SplittingTuner
+    from nni_splitting.nni.tuner import SplittingTuner
     tuner = SplittingTuner(seed_widths=[2, 4, 8], strategy="firefly", trial={"epochs": 1})
     tuner.end_hook = None
     assert tuner.generate_multiple_parameters([0])[0]["growth_strategy"] == "firefly"
@@ -201,7 +201,7 @@ def test_tuner_strategy_reaches_the_trials():
 
 def test_s3d_trials_report_signed_indexes_and_grow_by_them(tmp_path):
     """growth_strategy='s3d': the index file holds min(lambda_min, -lambda_max / 2); a child grows by it."""
-    from nni_splitting.signed import signed_indexes
+    from nni_splitting.growth.signed import signed_indexes
     seed_params = resolve_params({}, dict(FAST, widths=[4, 6, 8], node_id="l0s0-s3d", growth_strategy="s3d"))
     seed = run_trial(seed_params, tmp_path / "seed")
     info = json.loads(Path(seed["indexes"]).read_text())
@@ -218,7 +218,7 @@ def test_s3d_trials_report_signed_indexes_and_grow_by_them(tmp_path):
 def test_three_copy_s3d_trials_grow_two_neurons_per_split(tmp_path):
     """s3d_copies=3: the index file holds the three-copy index and added_per_split = 2; a child whose plan
     splits two neurons of a layer has four more there; a bad copy count is refused up front."""
-    from nni_splitting.signed import signed_indexes
+    from nni_splitting.growth.signed import signed_indexes
     seed_params = resolve_params({}, dict(FAST, widths=[4, 6, 8], node_id="l0s0-s3d3", growth_strategy="s3d",
                                           s3d_copies=3))
     seed = run_trial(seed_params, tmp_path / "seed")
@@ -237,7 +237,7 @@ def test_three_copy_s3d_trials_grow_two_neurons_per_split(tmp_path):
 
 def test_split_product_dtype_and_image_fraction_reach_the_phase(tmp_path, monkeypatch):
     """trial.split_product_dtype and trial.split_image_fraction are validated and handed to compute_splitting."""
-    import nni_splitting.strategies as trial_module  # where the trial's S2D strategy calls it
+    import nni_splitting.growth.strategies as trial_module  # where the trial's S2D strategy calls it
     seen = {}
     real = trial_module.compute_splitting
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import nni
 import pytest
 
-from nni_splitting import lineage as lin
-from nni_splitting.storage import StorageMap, atomic_write_json, trial_output_dir
-from nni_splitting.tuner import SplittingClassArgsValidator, SplittingTuner
+from nni_splitting.nni import lineage as lin
+from nni_splitting.common.storage import StorageMap, atomic_write_json, trial_output_dir
+from nni_splitting.nni.tuner import SplittingClassArgsValidator, SplittingTuner
 
 LAYERS = ["a", "b"]
 
@@ -192,7 +192,7 @@ def test_budget_is_checked_with_the_exact_counter():
     torch = pytest.importorskip("torch")
     from nni_splitting import count_model
     from nni_splitting.models import build_model
-    from nni_splitting.tuner import exact_counter
+    from nni_splitting.nni.tuner import exact_counter
 
     config = {"in_features": 4, "num_classes": 3}
     model = build_model("mlp", widths=[4, 4], **config)
@@ -458,7 +458,7 @@ def test_trial_rerun_by_nni_after_resume_is_adopted(tmp_path):
 
 
 def test_failed_rerun_after_resume_is_retried(tmp_path, monkeypatch):
-    import nni_splitting.tuner as tuner_module
+    import nni_splitting.nni.tuner as tuner_module
 
     nni_, results, running = _stopped_while_running(tmp_path)
     monkeypatch.setattr(tuner_module, "RECOVERED_POLL_S", 0.01)

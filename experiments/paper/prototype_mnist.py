@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nni_splitting.data import load_dataset
+from nni_splitting.common.data import load_dataset
 from nni_splitting.paper.figures import plot_index_vs_decrease, plot_prototype_tree
 from nni_splitting.paper.prototype import FEATURES, grow_prototypes, mnist_unit_interval
 

@@ -9,10 +9,10 @@
 
 Nothing is imported from NNI until a function needs it.
 """
-from .growth import (NEW_NEURON_INITS, SEARCH_SPACE_MODELS, WIDTH_CHOICES, add_new_neurons, load_search_space,
+from nni_splitting.baselines.growth import (NEW_NEURON_INITS, SEARCH_SPACE_MODELS, WIDTH_CHOICES, add_new_neurons, load_search_space,
                      random_split, random_splits, reinitialize, uniform_width_model, validate_width_space,
                      width_model_space, width_search_space, widths_from_params)
-from .pruning import (PRUNERS, PruneInfo, apply_masks, bn_slim_masks, prunable_groups, prune_to_ratio,
+from nni_splitting.baselines.pruning import (PRUNERS, PruneInfo, apply_masks, bn_slim_masks, prunable_groups, prune_to_ratio,
                       pruning_config, widths_of)
 
 __all__ = [

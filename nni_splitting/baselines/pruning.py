@@ -2,7 +2,7 @@
 
 A trained full-width model is pruned channel-wise until NNI's counter reports ``params_ratio`` of
 its parameters, and the masks are physically applied with NNI's ``ModelSpeedup`` (with the
-:mod:`nni_splitting.nni_compat` shim), so that parameter and FLOP counts are those of a real,
+:mod:`nni_splitting.common.nni_compat` shim), so that parameter and FLOP counts are those of a real,
 smaller dense network::
 
     pruned, info = prune_to_ratio(model, "l1", 0.5, dummy_input)
@@ -53,12 +53,12 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import torch
 import torch.nn as nn
 
-from ..counting import count_model
-from ..graph import NeuronGroup, find_neuron_groups, handler_for, trace_model
-from ..models import current_widths, widths_of
-from .. import nni_compat
-from ..nni_compat import bind_evaluator, capture_pruner_metrics, pruner_masks, ratio_spaces, speedup
-from ..training import seed_everything, torch_evaluator
+from nni_splitting.growth.counting import count_model
+from nni_splitting.graph import NeuronGroup, find_neuron_groups, handler_for, trace_model
+from nni_splitting.models import current_widths, widths_of
+import nni_splitting.common.nni_compat as nni_compat
+from nni_splitting.common.nni_compat import bind_evaluator, capture_pruner_metrics, pruner_masks, ratio_spaces, speedup
+from nni_splitting.common.training import seed_everything, torch_evaluator
 
 __all__ = ["PRUNERS", "PrunerSpec", "PruneInfo", "prune_to_ratio", "prunable_groups", "pruning_config", "bn_slim_masks",
            "apply_masks", "widths_of"]
@@ -361,7 +361,7 @@ def prune_to_ratio(model: nn.Module, method: str, params_ratio: float, dummy_inp
         An input batch for tracing, speedup and counting.
     evaluator : nni Evaluator or DataLoader, optional
         Needed by ``"slim"``, ``"taylor"``, ``"bn_slim"``: an NNI ``Evaluator`` built for ``model``
-        (e.g. :func:`nni_splitting.training.torch_evaluator`), or a loader of ``(inputs, targets)``
+        (e.g. :func:`nni_splitting.common.training.torch_evaluator`), or a loader of ``(inputs, targets)``
         from which one is built (SGD, ``lr``, momentum 0.9).
     training_steps : int
         Training steps of the pruners that train (NNI's ``training_steps``; sparsity training for ``bn_slim``).

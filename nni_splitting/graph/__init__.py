@@ -7,11 +7,11 @@
 * :mod:`.handlers`: one :class:`LayerHandler` per layer kind, :func:`register_layer_handler`.
 * :mod:`.walk`: :func:`find_neuron_groups`, the walk from each producer along its channels.
 """
-from .group import Consumer, NeuronGroup
-from .handlers import (CHANNELWISE, DEPTHWISE, NEURONS, PASS, POOL, BatchNormHandler, Conv2dHandler, LayerHandler,
+from nni_splitting.graph.group import Consumer, NeuronGroup
+from nni_splitting.graph.handlers import (CHANNELWISE, DEPTHWISE, NEURONS, PASS, POOL, BatchNormHandler, Conv2dHandler, LayerHandler,
                        LinearHandler, ParameterFreeHandler, handler_for, register_layer_handler, replace_tensor)
-from .trace import activation_of_node, trace_model
-from .walk import find_neuron_groups
+from nni_splitting.graph.trace import activation_of_node, trace_model
+from nni_splitting.graph.walk import find_neuron_groups
 
 __all__ = [
     "NeuronGroup", "Consumer", "trace_model", "find_neuron_groups", "activation_of_node",

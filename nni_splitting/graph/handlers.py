@@ -9,7 +9,7 @@ a layer (Liu, Wu & Wang 2019, Algorithm 1):
   filter that is part of the neuron), :data:`PASS` / :data:`POOL` (parameter-free, per channel);
 * the splitting matrix: a neuron's parameters ``theta_j`` and the inputs ``x~_p`` it sees
   (``u_{j,p} = theta_j^T x~_p``, eq. 3), and for the fast method the products ``x~^T v`` and
-  ``sum_p y_p x~_p`` (:mod:`nni_splitting.fast`);
+  ``sum_p y_p x~_p`` (:mod:`nni_splitting.core.fast`);
 * the surgery: splitting the producer (``theta_j +- eps v_j``), widening a consumer (input columns
   ``w / 2`` twice) and duplicating a channel of a follower.
 
@@ -56,7 +56,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..importing import import_object
+from nni_splitting.common.importing import import_object
 
 __all__ = [
     "NEURONS", "CHANNELWISE", "DEPTHWISE", "PASS", "POOL",

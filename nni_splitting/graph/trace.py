@@ -10,8 +10,8 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..activations import DEFAULT_SURROGATE_BETA, ActivationSpec, activation_from_function, activation_from_module
-from .handlers import handler_for
+from nni_splitting.graph.activations import DEFAULT_SURROGATE_BETA, ActivationSpec, activation_from_function, activation_from_module
+from nni_splitting.graph.handlers import handler_for
 
 __all__ = ["trace_model", "activation_of_node"]
 

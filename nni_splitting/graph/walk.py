@@ -24,10 +24,10 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..activations import DEFAULT_SURROGATE_BETA, ActivationSpec
-from .group import Consumer, Excluded, NeuronGroup
-from .handlers import CHANNELWISE, DEPTHWISE, NEURONS, PASS, POOL, LayerHandler, handler_for
-from .trace import activation_of_node
+from nni_splitting.graph.activations import DEFAULT_SURROGATE_BETA, ActivationSpec
+from nni_splitting.graph.group import Consumer, Excluded, NeuronGroup
+from nni_splitting.graph.handlers import CHANNELWISE, DEPTHWISE, NEURONS, PASS, POOL, LayerHandler, handler_for
+from nni_splitting.graph.trace import activation_of_node
 
 __all__ = ["find_neuron_groups"]
 

@@ -14,11 +14,11 @@ DS-CNN, SmallCNN), ``_cifar`` (the small CIFAR families of the strong baselines:
 ResNet20), ``_small`` (MLP, RBF network), ``_registry`` (:data:`MODELS`, :func:`build_model`
 and the widths helpers); everything public is re-exported here.
 """
-from ._base import ACTIVATIONS, ConvBNAct, WidthModel, check_widths, make_activation
-from ._cifar import MobileNetCifar, ResNet20
-from ._cnn import DSCNN, VGG19BN, MobileNetV1, SmallCNN
-from ._registry import MODELS, build_model, model_class, current_widths, default_widths, rebuild, scale_widths, widths_of
-from ._small import MLP, RBFLayer, RBFNet
+from nni_splitting.models._base import ACTIVATIONS, ConvBNAct, WidthModel, check_widths, make_activation
+from nni_splitting.models._cifar import MobileNetCifar, ResNet20
+from nni_splitting.models._cnn import DSCNN, VGG19BN, MobileNetV1, SmallCNN
+from nni_splitting.models._registry import MODELS, build_model, model_class, current_widths, default_widths, rebuild, scale_widths, widths_of
+from nni_splitting.models._small import MLP, RBFLayer, RBFNet
 
 __all__ = [
     "ACTIVATIONS", "MODELS", "ConvBNAct", "WidthModel", "check_widths", "MobileNetV1", "MobileNetCifar", "ResNet20", "VGG19BN", "DSCNN",

@@ -11,8 +11,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ._base import COMMON_PARAMS, ConvBNAct, ConvNet, make_activation
-from ._cnn import MobileNetV1
+from nni_splitting.models._base import COMMON_PARAMS, ConvBNAct, ConvNet, make_activation
+from nni_splitting.models._cnn import MobileNetV1
 
 __all__ = ["MobileNetCifar", "ResNet20"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from torch import nn
 
-from ._base import COMMON_PARAMS, ConvBNAct, ConvNet, ds_block
+from nni_splitting.models._base import COMMON_PARAMS, ConvBNAct, ConvNet, ds_block
 
 __all__ = ["MobileNetV1", "VGG19BN", "DSCNN", "SmallCNN"]
 

@@ -8,10 +8,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._base import WidthModel, check_widths
-from ._cifar import MobileNetCifar, ResNet20
-from ._cnn import DSCNN, VGG19BN, MobileNetV1, SmallCNN
-from ._small import MLP, RBFNet
+from nni_splitting.models._base import WidthModel, check_widths
+from nni_splitting.models._cifar import MobileNetCifar, ResNet20
+from nni_splitting.models._cnn import DSCNN, VGG19BN, MobileNetV1, SmallCNN
+from nni_splitting.models._small import MLP, RBFNet
 
 __all__ = ["MODELS", "model_class", "current_widths", "widths_of", "rebuild", "default_widths", "scale_widths",
            "build_model"]

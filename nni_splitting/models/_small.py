@@ -8,7 +8,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ._base import WidthModel, check_positive_int, make_activation
+from nni_splitting.models._base import WidthModel, check_positive_int, make_activation
 
 __all__ = ["MLP", "RBFLayer", "RBFNet"]
 

@@ -16,8 +16,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..importing import import_callable, is_import_path
-from ._registry import MODELS, build_model
+from nni_splitting.common.importing import import_callable, is_import_path
+from nni_splitting.models._registry import MODELS, build_model
 
 __all__ = ["is_registered", "build_seed", "load_weights", "check_traceable"]
 

@@ -1,6 +1,6 @@
 """Start, resume, watch and stop NNI experiments through ``nnictl`` (what a user would run).
 
-Used by the CLI (:mod:`nni_splitting.cli`) and the tests; imports neither torch nor the tuner.
+Used by the CLI (:mod:`nni_splitting.nni.cli`) and the tests; imports neither torch nor the tuner.
 
 Loopback: NNI 3.0's web server (dashboard and REST API, with no authentication) listens on every
 interface and has no option to change that.  Unless ``public=True``, the node server is started
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import rest
-from .config import write_config
+import nni_splitting.nni.rest as rest
+from nni_splitting.nni.config import write_config
 
 __all__ = [
     "LOOPBACK_PRELOAD",
@@ -159,7 +159,7 @@ def _prepend(value: Optional[str], first: str, separator: str = os.pathsep) -> s
 def venv_env(base: Optional[Dict[str, str]] = None, public: bool = False) -> Dict[str, str]:
     """Environment for nnictl: this interpreter's ``bin`` first on ``PATH``, the package importable.
 
-    NNI runs ``trialCommand`` (``python -m nni_splitting.trial``) through a shell with the manager's
+    NNI runs ``trialCommand`` (``python -m nni_splitting.nni.trial``) through a shell with the manager's
     environment, so ``python`` must be the interpreter that has torch; and a tuner registered by
     name is imported by module name, so the folder holding ``nni_splitting`` goes on ``PYTHONPATH``
     (the checkout, or site-packages for an installed copy).  Unless ``public``, NNI's node server

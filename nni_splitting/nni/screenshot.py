@@ -29,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import nnictl, rest
+import nni_splitting.nni.nnictl as nnictl
+import nni_splitting.nni.rest as rest
 
 __all__ = ["screenshot", "screenshot_with_columns", "COLUMNS", "main"]
 

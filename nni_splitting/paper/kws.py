@@ -11,7 +11,7 @@ or computed with numpy/torch STFT from raw audio (the ``..._wav_subset150.npz`` 
 ``time_pool=2``), standardised per mel band with the training split's statistics.
 
 Arms (:func:`run_kws_experiment`): ``splitting`` grows a narrow DS-CNN with the product's
-:class:`~nni_splitting.grower.SplittingGrower` (NNI-style ``config_list``); ``full`` is the full-width
+:class:`~nni_splitting.growth.grower.SplittingGrower` (NNI-style ``config_list``); ``full`` is the full-width
 DS-CNN; ``bn_slim`` (network slimming, the paper's Bn-prune) and ``slim`` (NNI's ``SlimPruner``) prune
 the trained full model with :func:`nni_splitting.baselines.prune_to_ratio` to the splitting arm's
 parameter count and fine-tune. Parameters and operations (multiply-adds) are NNI's counter's
@@ -31,12 +31,12 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..baselines import prune_to_ratio
-from ..counting import count_model
-from ..grower import SplittingGrower
-from ..models import build_model, current_widths
-from ..training import evaluate, train
-from .speech import LogMelConfig, log_mel, read_wav_folder
+from nni_splitting.baselines import prune_to_ratio
+from nni_splitting.growth.counting import count_model
+from nni_splitting.growth.grower import SplittingGrower
+from nni_splitting.models import build_model, current_widths
+from nni_splitting.common.training import evaluate, train
+from nni_splitting.paper.speech import LogMelConfig, log_mel, read_wav_folder
 
 __all__ = [
     "CLASSES", "LOGMEL_FILE", "WAV_FILE", "SOURCES", "KWSData", "speaker_of", "speaker_split",

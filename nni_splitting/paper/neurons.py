@@ -18,9 +18,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..graph import NEURONS, Consumer, LayerHandler, NeuronGroup
-from ..matrix import extreme_eigenpairs
-from ..splitting import LayerSplitting
+from nni_splitting.graph import NEURONS, Consumer, LayerHandler, NeuronGroup
+from nni_splitting.core.matrix import extreme_eigenpairs
+from nni_splitting.core.splitting import LayerSplitting
 
 __all__ = ["custom_splitting_matrices", "custom_layer_splitting", "custom_group", "CustomNeuronHandler"]
 
@@ -86,7 +86,7 @@ def custom_layer_splitting(name: str, matrices: torch.Tensor, kind: str, keep_ma
                            consumers: Sequence[str] = ()) -> LayerSplitting:
     """Wrap custom splitting matrices as the product's :class:`~nni_splitting.LayerSplitting`.
 
-    The eigen-decomposition is the product's :func:`~nni_splitting.matrix.extreme_eigenpairs`, so the
+    The eigen-decomposition is the product's :func:`~nni_splitting.core.matrix.extreme_eigenpairs`, so the
     result plugs into :func:`~nni_splitting.select_neurons`; with the layer's ``consumers`` named
     (and a :class:`CustomNeuronHandler` registered for its class) it plugs into
     :func:`~nni_splitting.apply_splits` too.

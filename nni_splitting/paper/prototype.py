@@ -40,11 +40,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..graph import register_layer_handler, replace_tensor
-from ..selection import select_neurons
-from ..splitting import LayerSplitting
-from ..surgery import split_group
-from .neurons import CustomNeuronHandler, custom_group, custom_layer_splitting, custom_splitting_matrices
+from nni_splitting.graph import register_layer_handler, replace_tensor
+from nni_splitting.growth.selection import select_neurons
+from nni_splitting.core.splitting import LayerSplitting
+from nni_splitting.growth.surgery import split_group
+from nni_splitting.paper.neurons import CustomNeuronHandler, custom_group, custom_layer_splitting, custom_splitting_matrices
 
 __all__ = [
     "FEATURES", "LossWeights", "PrototypeLayer", "PrototypeHandler", "PrototypeNet", "prototype_loss",
@@ -324,7 +324,7 @@ def evaluate_prototype_net(net: PrototypeNet, dataset: TensorDataset, weights: L
 
 
 def mnist_unit_interval(dataset: TensorDataset, mean: float = 0.1307, std: float = 0.3081) -> TensorDataset:
-    """Undo :func:`nni_splitting.data.load_dataset`'s MNIST normalisation: pixels back in ``[0, 1]``."""
+    """Undo :func:`nni_splitting.common.data.load_dataset`'s MNIST normalisation: pixels back in ``[0, 1]``."""
     x, y = dataset.tensors
     return TensorDataset((x * std + mean).clamp(0, 1), y)
 

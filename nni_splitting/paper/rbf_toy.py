@@ -26,12 +26,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..graph import replace_tensor
-from ..models import RBFNet
-from ..selection import select_neurons
-from ..splitting import LayerSplitting
-from ..surgery import split_group
-from .neurons import CustomNeuronHandler, custom_group, custom_layer_splitting, custom_splitting_matrices
+from nni_splitting.graph import replace_tensor
+from nni_splitting.models import RBFNet
+from nni_splitting.growth.selection import select_neurons
+from nni_splitting.core.splitting import LayerSplitting
+from nni_splitting.growth.surgery import split_group
+from nni_splitting.paper.neurons import CustomNeuronHandler, custom_group, custom_layer_splitting, custom_splitting_matrices
 
 __all__ = [
     "TARGET", "METHODS", "target_function", "make_data", "rbf_neuron", "rbf_loss", "rbf_splitting",
