@@ -100,7 +100,7 @@ def test_trials_that_cannot_start_fail_at_once_with_nnis_reason(tmp_path):
 def test_the_cli_waits_as_long_as_the_experiment_may_run():
     """A 300-minute comparison was stopped after the old fixed 1-hour wait; the default now follows the config."""
     import argparse
-    from nni_splitting.nni.cli import NO_LIMIT_S, duration_seconds, wait_limit
+    from nni_splitting.nni.watch import NO_LIMIT_S, duration_seconds, wait_limit
     assert [duration_seconds(v) for v in ("300m", "2h", "45s", "1d", 90, "120")] == [18000, 7200, 45, 86400, 90, 120]
     args = argparse.Namespace(timeout=None)
     assert wait_limit(args, {"maxExperimentDuration": "300m"}) == 18000 + 600

@@ -121,7 +121,7 @@ def test_idle_nni_is_not_the_end_while_the_tuner_has_work_pending():
 
 
 def test_the_cli_reads_whether_the_tuner_has_finished(tmp_path):
-    from nni_splitting.nni.cli import _tuner_pending
+    from nni_splitting.nni.watch import tuner_pending as _tuner_pending
     pending = _tuner_pending(tmp_path)
     assert not pending()  # no state file: nothing to wait for
     atomic_write_json(tmp_path / "checkpoint" / "splitting_tuner.json", {"finished": False, "stopped": {}})

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nni_splitting.graph.handlers import handler_for
+from nni_splitting.graph.registry import handler_for
 
 __all__ = [
     "AUTO_EXACT_MAX_D",

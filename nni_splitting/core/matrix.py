@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nni_splitting.graph.handlers import conv_taps, handler_for
+from nni_splitting.graph.handlers import conv_taps
+from nni_splitting.graph.registry import handler_for
 
 __all__ = [
     "batchnorm_scale",

@@ -4,12 +4,14 @@
   and :func:`activation_of_node`.
 * :mod:`.group`: :class:`NeuronGroup` / :class:`Consumer`, the coupled set that scoring, selection
   and surgery take.
-* :mod:`.handlers`: one :class:`LayerHandler` per layer kind, :func:`register_layer_handler`.
+* :mod:`.handlers`: one :class:`LayerHandler` per layer kind; :mod:`.registry`: :func:`register_layer_handler`,
+  :func:`handler_for` (a layer class may also carry its own ``splitting_handler``).
 * :mod:`.walk`: :func:`find_neuron_groups`, the walk from each producer along its channels.
 """
 from nni_splitting.graph.group import Consumer, NeuronGroup
-from nni_splitting.graph.handlers import (CHANNELWISE, DEPTHWISE, NEURONS, PASS, POOL, BatchNormHandler, Conv2dHandler, LayerHandler,
-                       LinearHandler, ParameterFreeHandler, handler_for, register_layer_handler, replace_tensor)
+from nni_splitting.graph.handlers import (CHANNELWISE, DEPTHWISE, NEURONS, PASS, POOL, BatchNormHandler, Conv2dHandler,
+                                          LayerHandler, LinearHandler, ParameterFreeHandler, replace_tensor)
+from nni_splitting.graph.registry import handler_for, register_layer_handler
 from nni_splitting.graph.trace import activation_of_node, trace_model
 from nni_splitting.graph.walk import find_neuron_groups
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nni_splitting.graph.activations import DEFAULT_SURROGATE_BETA, ActivationSpec, activation_from_function, activation_from_module
-from nni_splitting.graph.handlers import handler_for
+from nni_splitting.graph.registry import handler_for
 
 __all__ = ["trace_model", "activation_of_node"]
 
@@ -30,7 +30,7 @@ def trace_model(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule
 
     In-place activations would overwrite the pre-activations the splitting matrix needs, so the copy
     has every ``inplace`` flag cleared. Node shapes are in ``node.meta['tensor_meta']``. Modules
-    with a layer handler (:func:`~nni_splitting.graph.handlers.register_layer_handler`) are leaves.
+    with a layer handler (:func:`~nni_splitting.graph.registry.register_layer_handler`) are leaves.
     """
     model = copy.deepcopy(model)
     for module in model.modules():

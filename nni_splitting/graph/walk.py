@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from nni_splitting.graph.activations import DEFAULT_SURROGATE_BETA, ActivationSpec
 from nni_splitting.graph.group import Consumer, Excluded, NeuronGroup
-from nni_splitting.graph.handlers import CHANNELWISE, DEPTHWISE, NEURONS, PASS, POOL, LayerHandler, handler_for
+from nni_splitting.graph.handlers import CHANNELWISE, DEPTHWISE, NEURONS, PASS, POOL, LayerHandler
+from nni_splitting.graph.registry import handler_for
 from nni_splitting.graph.trace import activation_of_node
 
 __all__ = ["find_neuron_groups"]

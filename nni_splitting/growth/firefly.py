@@ -29,7 +29,6 @@ import copy
 import itertools
 import logging
 import math
-import numbers
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -38,7 +37,8 @@ from torch.func import functional_call
 
 from nni_splitting.growth.random_neurons import add_new_neurons
 from nni_splitting.common.defaults import EPSILON, GROW_RATIO
-from nni_splitting.growth.firefly_layer import FireflyLayer, load_firefly, save_firefly  # re-exported
+from nni_splitting.growth.firefly_layer import (CandidateLayout, FireflyLayer, apply_firefly, check_positive, expand_inputs,
+                                                 load_firefly, save_firefly, split_plan)
 from nni_splitting.graph import DEPTHWISE, NeuronGroup, find_neuron_groups, handler_for, trace_model
 from nni_splitting.core.splitting import LayerSplitting, materialize_batches
 from nni_splitting.growth.surgery import apply_splits
@@ -53,48 +53,12 @@ KINDS = ("split", "new")
 SCORE_SCALE = 1e-2
 
 
-def _check_positive(name: str, value, integer: bool = False, zero: bool = False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-    ok = ok and (value >= 0 if zero else value > 0) and (not integer or int(value) == value)
-    if not ok:
-        kind = "an integer" if integer else "a finite number"
-        raise ValueError(f"{name}={value!r} must be {kind} {'>= 0' if zero else '> 0'}")
-
-
-def _expand_inputs(weights: torch.Tensor, split: Sequence[int], new: int) -> torch.Tensor:
-    """The surgery's consumer widening on ``[rows, channels, block]``: halve split columns, append them, then zeros."""
-    if not len(split) and not new:
-        return weights
-    index = torch.as_tensor(list(split), dtype=torch.long, device=weights.device)
-    half = torch.ones(weights.shape[1], dtype=weights.dtype, device=weights.device)
-    half[index] = 0.5
-    halved = weights * half[None, :, None]
-    zeros = weights.new_zeros(weights.shape[0], new, weights.shape[2])
-    return torch.cat([halved, halved[:, index], zeros], dim=1)
-
-
-class _Layout:
-    """Who feeds whom: each module's upstream group (and its block), each group's consumers."""
-
-    def __init__(self, groups: Mapping[str, NeuronGroup], model: nn.Module):
-        self.groups = groups
-        self.upstream: Dict[str, Tuple[str, int]] = {}
-        for name, group in groups.items():
-            for consumer in group.consumers:
-                self.upstream[consumer.module] = (name, consumer.block)
-        self.widths = {name: model.get_submodule(name).weight.shape[0] for name in groups}
-
-    def channels(self, module: str) -> Optional[int]:
-        up = self.upstream.get(module)
-        return self.widths[up[0]] if up else None
-
-
 class _Augmented:
     """The model with every candidate in it; ``params(p)`` maps perturbations to its weights."""
 
     def __init__(self, model: nn.Module, groups: Dict[str, NeuronGroup], example: torch.Tensor,
                  split: bool, new: Dict[str, int], seed: int):
-        self.layout = _Layout(groups, model)
+        self.layout = CandidateLayout(groups, model)
         self.split, self.new = split, new
         widths = self.layout.widths
         augmented = copy.deepcopy(model).eval()
@@ -126,7 +90,7 @@ class _Augmented:
             return flat.reshape(flat.shape[0], 1, -1)
         up = self.layout.upstream[module][0]
         weights = flat.reshape(flat.shape[0], channels, -1)
-        return _expand_inputs(weights, range(channels) if self.split else [], self.new.get(up, 0))
+        return expand_inputs(weights, range(channels) if self.split else [], self.new.get(up, 0))
 
     def params(self, p: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         out = {}
@@ -238,22 +202,22 @@ def compute_firefly(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
     dict
         ``{layer: FireflyLayer}`` in graph order.
     """
-    _check_positive("epsilon", epsilon)
+    check_positive("epsilon", epsilon)
     new_epsilon = epsilon if new_epsilon is None else new_epsilon
-    _check_positive("new_epsilon", new_epsilon)
-    _check_positive("lr", lr)
-    _check_positive("input_scale", input_scale)
-    _check_positive("score_scale", score_scale)
+    check_positive("new_epsilon", new_epsilon)
+    check_positive("lr", lr)
+    check_positive("input_scale", input_scale)
+    check_positive("score_scale", score_scale)
     if score_scale > 1:
         raise ValueError(f"score_scale={score_scale!r} must be in (0, 1]")
     if isinstance(kinds, str) or not kinds or set(kinds) - set(KINDS):
         raise ValueError(f"kinds={kinds!r} must be a non-empty list of {KINDS}")
     if max_batches is not None:
-        _check_positive("max_batches", max_batches, integer=True)
+        check_positive("max_batches", max_batches, integer=True)
     data = materialize_batches(batches, max_batches, owner="Firefly")
     for name, value in (("steps", steps), ("score_batches", score_batches)):
         if value is not None:
-            _check_positive(name, value, integer=True)
+            check_positive(name, value, integer=True)
     fit = int(steps) if steps is not None else max(1, math.ceil(len(data) / 2))
     scoring = data[fit:] if len(data) > fit else data
     if score_batches is not None:
@@ -379,93 +343,7 @@ def _new_counts(new_neurons, widths: Mapping[str, int], grow_ratio: float = GROW
     else:
         counts = {name: new_neurons for name in widths}
     for name, k in counts.items():
-        _check_positive(f"new_neurons[{name!r}]", k, integer=True, zero=True)
+        check_positive(f"new_neurons[{name!r}]", k, integer=True, zero=True)
         if k > widths[name]:
             raise ValueError(f"new_neurons[{name!r}]={k} exceeds the layer's width ({widths[name]}) in one step")
     return {name: int(k) for name, k in counts.items()}
-
-
-def split_plan(candidates: Mapping[str, FireflyLayer], plan: Mapping[str, Sequence[int]]
-               ) -> Tuple[Dict[str, List[int]], Dict[str, List[int]]]:
-    """A plan over candidate indices -> ``(splits {layer: [j]}, new neurons {layer: [k]})``, validated."""
-    splits, new = {}, {}
-    for layer, indices in plan.items():
-        if layer not in candidates:
-            raise ValueError(f"unknown layer {layer!r} in the plan; layers with candidates: {sorted(candidates)}")
-        entry = candidates[layer]
-        n, total = entry.num_neurons, entry.num_neurons + entry.new_scores.numel()
-        if isinstance(indices, (str, bytes)) or not isinstance(indices, (list, tuple, range, torch.Tensor)):
-            raise ValueError(f"the plan of layer {layer!r} is {indices!r}: expected a list of candidate indices")
-        values = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
-        for i in values:
-            if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < total:
-                raise ValueError(f"candidate {i!r} of layer {layer!r} is not an integer in [0, {total})")
-        if len(set(values)) != len(values):
-            raise ValueError(f"the plan names a candidate of layer {layer!r} twice: {sorted(values)}")
-        if any(i < n and math.isnan(float(entry.split_scores[i])) for i in values):
-            raise ValueError(f"layer {layer!r} has no split candidates (computed without kinds='split')")
-        if [i for i in values if i < n]:
-            splits[layer] = sorted(int(i) for i in values if i < n)
-        if [i for i in values if i >= n]:
-            new[layer] = sorted(int(i) - n for i in values if i >= n)
-    return splits, new
-
-
-def apply_firefly(model: nn.Module, candidates: Mapping[str, FireflyLayer], plan: Mapping[str, Sequence[int]],
-                  scale: float = 1.0) -> nn.Module:
-    """Grow a copy of ``model`` by the chosen candidates (``{layer: candidate indices}``, e.g. from ``select``).
-
-    Splits become ``theta_j +- scale * epsilon * direction_j`` (:func:`apply_splits`); new neurons are
-    appended by :func:`add_new_neurons` and get input weights ``a_k`` and outgoing weights
-    ``scale * h_k``. ``scale=0`` keeps the function exactly (duplicates and silent new neurons).
-    """
-    _check_positive("scale", scale, zero=True)
-    splits, new = split_plan(candidates, plan)
-    grown = copy.deepcopy(model)
-    if splits:
-        results = {layer: LayerSplitting(layer, candidates[layer].split_scores, candidates[layer].split_directions,
-                                         candidates[layer].group, "firefly") for layer in splits}
-        eps = {candidates[layer].epsilon for layer in splits}
-        if len(eps) > 1:
-            raise ValueError(f"the candidates were computed with different epsilons {sorted(eps)}")
-        grown = apply_splits(grown, results, splits, epsilon=scale * eps.pop(), inplace=True)
-    if not new:
-        return grown
-    example = next(iter(candidates.values())).example
-    parameter = next(grown.parameters())
-    example = example.to(parameter.device)
-    example = example.to(parameter.dtype) if example.is_floating_point() else example
-    before = {layer: grown.get_submodule(layer).weight.shape[0] for layer in new}
-    grown, _ = add_new_neurons(grown, example, {layer: len(k) for layer, k in new.items()}, seed=0,
-                               outgoing="zero", layers=list(new))
-    layout = _Layout({layer: entry.group for layer, entry in candidates.items()}, model)
-    with torch.no_grad():
-        for layer, ks in new.items():
-            entry, producer = candidates[layer], grown.get_submodule(layer)
-            index = torch.tensor(ks)
-            rows = slice(before[layer], before[layer] + len(ks))
-            a = entry.new_inputs[index].to(producer.weight)
-            has_bias = producer.bias is not None
-            weights = a[:, :a.shape[1] - has_bias]
-            up = layout.upstream.get(layer)
-            grid = (weights.reshape(len(ks), layout.widths[up[0]], -1) if up else weights.reshape(len(ks), 1, -1))
-            if up:
-                grid = _expand_inputs(grid, splits.get(up[0], []), len(new.get(up[0], [])))
-            producer.weight[rows] = grid.reshape(len(ks), *producer.weight.shape[1:])
-            if has_bias:
-                producer.bias[rows] = a[:, -1]
-            for follower, filters in entry.new_filters.items():
-                grown.get_submodule(follower).weight[rows] = filters[index].to(producer.weight)
-        for layer, ks in new.items():
-            entry, index = candidates[layer], torch.tensor(ks)
-            for consumer in entry.group.consumers:
-                module = grown.get_submodule(consumer.module)
-                h = scale * entry.new_outputs[consumer.module][index].to(module.weight).transpose(0, 1)
-                pieces = [h] + ([h[torch.tensor(splits[consumer.module])]] if consumer.module in splits else [])
-                total = module.weight.shape[0]
-                pieces.append(h.new_zeros(total - sum(x.shape[0] for x in pieces), *h.shape[1:]))
-                grid = module.weight.reshape(total, -1, h.shape[2])
-                grid[:, grid.shape[1] - len(ks):] = torch.cat(pieces)
-    logger.info("firefly growth: %d split(s), %d new neuron(s)", sum(map(len, splits.values())),
-                sum(map(len, new.values())))
-    return grown

@@ -46,7 +46,8 @@ import torch
 import torch.nn as nn
 
 from nni_splitting.common.defaults import EPSILON
-from nni_splitting.graph.handlers import handler_for, replace_tensor
+from nni_splitting.graph.handlers import replace_tensor
+from nni_splitting.graph.registry import handler_for
 from nni_splitting.core.splitting import LayerSplitting
 from nni_splitting.growth.surgery import check_modules, split_groups, validate_plan
 

@@ -8,15 +8,16 @@ mid-write is not adopted after ``nnictl resume``).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 from nni_splitting.growth.checkpoint import file_sha256
 from nni_splitting.nni import rest as nni_rest
 from nni_splitting.nni.scheduler import ENDED_STATES
-from nni_splitting.common.storage import StorageMap, read_json
+from nni_splitting.common.storage import INDEX_FILE, StorageMap, read_json, trial_output_dir
 
-__all__ = ["DispatcherClient", "verified_result"]
+__all__ = ["DispatcherClient", "verified_result", "check_node_files", "index_candidates"]
 
 logger = logging.getLogger(__name__)
 _logger = logging.getLogger("nni.tuner.splitting")  # lands in the experiment's dispatcher.log
@@ -90,3 +91,36 @@ def verified_result(index_path, node_id: str, storage: Optional[StorageMap] = No
             "parent": info.get("parent", ""), "method": "splitting", "adopted": True,
             "widths": ",".join(str(w) for w in info.get("widths", [])), "checkpoint": info["checkpoint"],
             "splits": info.get("splits", ""), "indexes": storage.to_trial(str(index_path))}
+
+
+def check_node_files(node_id: str, trial_id: Optional[str], info: dict, storage: StorageMap) -> Optional[str]:
+    """None when a node's checkpoint and splits file match the SHA-256 its trial stored in ``splitting.json``
+    (files of older trials, without one, pass), else why they do not."""
+    for key, what in (("checkpoint", "checkpoint"), ("splits", "splits file")):
+        expected = info.get(f"{key}_sha256")
+        if not info.get(key) or not expected:
+            continue
+        path = storage.to_local(info[key])
+        try:
+            actual = file_sha256(path)
+        except OSError as error:
+            return f"the {what} {path!r} of {node_id} cannot be read: {error}"
+        if actual != expected:
+            return (f"the {what} {path!r} of {node_id} (trial {trial_id or '?'}) does not match the "
+                    f"SHA-256 in its {INDEX_FILE} (truncated or changed after it was written)")
+    return None
+
+
+def index_candidates(trial_id: Optional[str], storage_path: Optional[str], storage: StorageMap,
+                     experiment_id: Optional[str]) -> List[Path]:
+    """Where a trial's ``splitting.json`` may be: under the shared ``storage_path``, or (local training
+    service) ``<experiment dir>/environments/<env>/trials/<trial id>/``."""
+    if not trial_id:
+        return []
+    if storage_path:
+        folder = trial_output_dir(storage_path, experiment_id, trial_id, None)
+        return [Path(storage.to_local(str(folder / INDEX_FILE)))] if folder else []
+    checkpoints = os.environ.get("NNI_CHECKPOINT_DIRECTORY")
+    if not checkpoints:
+        return []
+    return sorted(Path(checkpoints).parent.glob(f"environments/*/trials/{trial_id}/{INDEX_FILE}"))

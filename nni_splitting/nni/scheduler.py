@@ -35,6 +35,7 @@ from collections import deque
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import nni_splitting.nni.lineage as lin
+from nni_splitting.nni.faults import ENDED_STATES, RERUN_STATES, FaultHandling  # (the states: re-exported)
 from nni_splitting.nni.lineage import Node, NodeKind, NodeStatus, Policy, lineage_entry  # (Policy, lineage_entry: re-exported)
 
 __all__ = ["Scheduler", "Policy", "lineage_entry", "RESULT_GRACE_S", "RESUME_TIMEOUT_S", "ENDED_STATES", "RERUN_STATES"]
@@ -45,11 +46,6 @@ logger = logging.getLogger(__name__)
 RESULT_GRACE_S = 60.0
 #: Seconds a trial NNI re-runs after a resume may take before it is given up and retried.
 RESUME_TIMEOUT_S = 1800.0
-#: NNI trial states after which a trial does nothing more.
-ENDED_STATES = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
-#: REST states of a trial NNI 3.0 re-runs on resume (``addRecoveredTrialJob`` re-queues WAITING and
-#: RUNNING trials and files the event ``ADD_RESUMED``, which the REST API then shows); others never run again.
-RERUN_STATES = ("WAITING", "RUNNING", "ADD_RESUMED")
 
 Reader = Callable[[str], dict]
 Verifier = Callable[[Node, Optional[str]], Optional[dict]]
@@ -57,7 +53,7 @@ Verifier = Callable[[Node, Optional[str]], Optional[dict]]
 FileCheck = Callable[[Node, dict], Optional[str]]
 
 
-class Scheduler:
+class Scheduler(FaultHandling):
     """Lineages of growth nodes (and, through a :class:`Policy`, arm nodes) as a state machine.
 
     Parameters
@@ -183,106 +179,6 @@ class Scheduler:
             self.policy.step_succeeded(self, node)
         self._check_finished()
 
-    def failed(self, node: Node, why: str) -> None:
-        """``node``'s trial failed, was killed, or was given up: retry, fall back, or stop its lineage."""
-        if node.status != NodeStatus.RUNNING:
-            return
-        node.status = NodeStatus.FAILED
-        node.deadline = None
-        logger.warning("%s (trial %s, attempt %d) failed: %s", node.node_id, node.trial_id or "?", node.attempt, why)
-        if node.kind == NodeKind.ARM:
-            self.policy.arm_ended(self, node)
-        else:
-            self._retry_or_stop(node)
-        self._check_finished()
-
-    def ended_without_result(self, node: Node, now: float) -> None:
-        """``node``'s trial ended "SUCCEEDED" but its final result has not come (yet): give it a deadline."""
-        if node.status == NodeStatus.RUNNING and node.result is None:
-            node.deadline = now + self.result_grace_s
-
-    def recover(self, trial_id: str, params: dict, state: str, now: float) -> Optional[Node]:
-        """A trial that was running when the experiment stopped (``nnictl resume``).
-
-        Finished, verified work on disk is adopted at once; a trial NNI re-runs (``state`` in
-        :data:`RERUN_STATES`) is waited on until ``resume_timeout_s``; any other is retried.
-        """
-        known = self.nodes.get(params.get("node_id", ""))
-        if known is not None and known.status == NodeStatus.SUCCEEDED:
-            return known
-        node = Node(params["node_id"], int(params.get("lineage", 0)), int(params.get("step", 0)),
-                    int(params.get("attempt", 0)), params.get("parent_node") or "", dict(params),
-                    status=NodeStatus.RUNNING, trial_id=trial_id or "", recovered=True)
-        self.nodes[node.node_id] = node
-        done = self.verify(node, trial_id)
-        if done is not None:
-            logger.info("%s (trial %s): its finished work on disk is verified and adopted", node.node_id, trial_id)
-            node.status, node.result = NodeStatus.SUCCEEDED, done
-            self._supersede(node)
-        elif state in RERUN_STATES:
-            node.deadline = now + self.resume_timeout_s
-            logger.info("NNI re-runs %s (trial %s) after the resume; waiting until %.0f s from now", node.node_id,
-                        trial_id, self.resume_timeout_s)
-        else:
-            self._retry_or_stop(node, f"NNI will not re-run it after the resume (state {state})")
-        return node
-
-    def recovered_state(self, node: Node, state: str, now: float) -> None:
-        """A polled NNI state of a recovered trial (whose end NNI does not report to the tuner)."""
-        if node.status != NodeStatus.RUNNING or state not in ENDED_STATES:
-            return
-        if state != "SUCCEEDED":
-            self.failed(node, f"re-run after resume ended {state}")
-        elif node.deadline is None or node.deadline > now + self.result_grace_s:
-            node.deadline = now + self.result_grace_s
-
-    def tick(self, now: float, nni_busy: bool = False) -> List[Node]:
-        """Handle expired deadlines; ``nni_busy``: NNI still has trials waiting or running.
-
-        A node whose result did not come is given up only when NNI is idle (the result may be filed
-        under another trial, see :mod:`nni_splitting.nni.tuner`); before giving up, finished and verified
-        work on disk is adopted.  Returns the nodes given up.
-        """
-        given_up = []
-        for node in [n for n in self.nodes.values() if n.status == NodeStatus.RUNNING and n.deadline is not None]:
-            if node.deadline > now:
-                continue
-            if nni_busy and not node.recovered:
-                node.deadline = now + self.result_grace_s
-                continue
-            done = self.verify(node, node.trial_id) if node.recovered else None
-            if done is not None:
-                logger.info("%s: finished work on disk verified and adopted at its deadline", node.node_id)
-                self.succeeded(node, done, node.trial_id)
-                continue
-            given_up.append(node)
-            self.failed(node, "recovered trial did not finish before its deadline" if node.recovered
-                        else "its trial ended without a final result")
-        return given_up
-
-    def next_deadline(self) -> Optional[float]:
-        """The earliest deadline of a running node, or None."""
-        times = [n.deadline for n in self.nodes.values() if n.status == NodeStatus.RUNNING and n.deadline is not None]
-        return min(times) if times else None
-
-    def import_finished(self, entries) -> List[Node]:
-        """Record finished trials (NNI's ``import_data``): ``[{"parameter", "value", "trialJobId"}]``.
-
-        The trial's result names the node it really ran (``node``): NNI 3.0 may have filed the trial
-        under another trial's parameters (first-in-first-out parameter queue), so the result wins.
-        After :meth:`start`, lineages whose tip changed continue from it.
-        """
-        known = {e["parameter"]["node_id"]: e["parameter"] for e in entries
-                 if isinstance(e.get("parameter"), dict) and "node_id" in e["parameter"]}
-        imported = [node for node in (self._import(e, known) for e in entries) if node is not None]
-        if self.started:
-            tips = lin.lineage_tips(self.nodes)
-            for lineage in sorted({n.lineage for n in imported if n.kind == NodeKind.GROWTH}):
-                if lineage in tips and not self.busy(lineage) and lineage not in self.stopped:
-                    self._advance(tips[lineage])
-            self._check_finished()
-        return imported
-
     # ------------------------------------------------------------------ queries
 
     def busy(self, lineage: int) -> bool:
@@ -359,76 +255,7 @@ class Scheduler:
             node.info = self.read_index(path)
         return node.info
 
-    def _readable(self, node: Node) -> bool:
-        try:
-            self._info(node)
-            return True
-        except (OSError, ValueError, KeyError) as error:
-            logger.warning("cannot read the splitting indexes of %s: %s", node.node_id, error)
-            return False
-
     # ------------------------------------------------------------------ retry / fallback policy
-
-    def _retry_or_stop(self, node: Node, why: str = "") -> None:
-        node.status = NodeStatus.FAILED
-        if why:
-            logger.warning("%s (trial %s) given up: %s", node.node_id, node.trial_id or "?", why)
-        parent = self.nodes.get(node.parent) if node.parent else None
-        if parent is not None and self._verified_parent(parent) is not parent:
-            return  # the lineage fell back past the parent, or stopped
-        if node.attempt < self.args.retries:
-            retry = Node(lin.make_node_id(node.lineage, node.step), node.lineage, node.step, node.attempt + 1,
-                         node.parent)
-            retry.params = dict(node.params, node_id=retry.node_id, attempt=retry.attempt)
-            logger.info("retrying %s as %s", node.node_id, retry.node_id)
-            self.add(retry)
-        elif node.attempt == self.args.retries and parent is not None and self._readable(parent):
-            ranked = lin.rank_plan(node.params.get("split_plan", {}), parent.info["eigenvalues"])
-            self.add(self._child(parent, lin.halve_plan(ranked), attempt=node.attempt + 1))
-            logger.info("lineage %d falls back to %s (last good checkpoint) with half of the plan", node.lineage,
-                        parent.node_id)
-        else:
-            last = f"; its last good trial is {parent.node_id}" if parent else ""
-            self.stop(node.lineage, f"{node.attempt + 1} failed attempt(s) at step {node.step}{last}", early=True)
-
-    def _verified_parent(self, parent: Node) -> Optional[Node]:
-        """``parent`` when its files verify; otherwise it is set aside (``FAILED``, with a note) and the
-        lineage falls back to the nearest ancestor that verifies (its child is queued again) or stops
-        early.  Returns the node whose files verified, or None."""
-        node, why = parent, ""
-        while node is not None:
-            try:
-                problem = self.check_files(node, self._info(node))
-            except (OSError, ValueError, KeyError) as error:
-                problem = f"cannot read the splitting indexes of {node.node_id}: {error}"
-            if problem is None:
-                break
-            why = why or problem
-            node.status, node.note = NodeStatus.FAILED, f"set aside: {problem}"
-            logger.warning("%s (trial %s) cannot be a parent: %s", node.node_id, node.trial_id or "?", problem)
-            node = self.nodes.get(node.parent) if node.parent else None
-        if node is parent:
-            return node
-        lineage = parent.lineage
-        self._fallbacks[lineage] = self._fallbacks.get(lineage, 0) + 1
-        if node is None:
-            self.stop(lineage, f"{why}; no earlier checkpoint of the lineage verifies", early=True)
-        elif self._fallbacks[lineage] > self.args.retries + 1:
-            self.stop(lineage, f"{why}; gave up after {self._fallbacks[lineage] - 1} fall-back(s) past unusable "
-                               f"files", early=True)
-        else:
-            logger.warning("lineage %d falls back to %s (step %d), the nearest ancestor whose files verify",
-                           lineage, node.node_id, node.step)
-            self._advance(node, verified=True)
-        return node
-
-    def _supersede(self, node: Node) -> None:
-        """A retry / fallback of the same step as a succeeded ``node`` is no longer needed."""
-        for other in self.nodes.values():
-            if (other is not node and other.kind == NodeKind.GROWTH and other.status.active
-                    and (other.lineage, other.step, other.parent) == (node.lineage, node.step, node.parent)):
-                other.status = NodeStatus.SUPERSEDED
-                logger.info("%s is superseded by %s", other.node_id, node.node_id)
 
     # ------------------------------------------------------------------ nodes and parameters
 
@@ -452,9 +279,6 @@ class Scheduler:
         settings = lin.trial_params(self.args, node, widths, width_multiplier, plan, parent)
         settings.update(self.policy.growth_params(node, parent))
         return settings
-
-    def _import(self, entry: dict, known: Dict[str, dict]) -> Optional[Node]:
-        return lin.import_node(self.nodes, entry, known)
 
     def _check_finished(self) -> None:
         if self.finished or not self.started:

@@ -39,14 +39,13 @@ import torch
 from nni.tuner import Tuner
 
 import nni_splitting.nni.lineage as lin
-from nni_splitting.growth.checkpoint import file_sha256
 from nni_splitting.growth.counting import count_model
 from nni_splitting.common.defaults import EPSILON, GROW_RATIO, METHOD
 from nni_splitting.nni.lineage import Node, NodeStatus
 from nni_splitting.models import build_model
-from nni_splitting.nni.dispatcher import DispatcherClient, verified_result
+from nni_splitting.nni.dispatcher import DispatcherClient, check_node_files, index_candidates, verified_result
 from nni_splitting.nni.scheduler import RESUME_TIMEOUT_S, Policy, Scheduler
-from nni_splitting.common.storage import INDEX_FILE, StorageMap, atomic_write_json, read_json, trial_output_dir
+from nni_splitting.common.storage import StorageMap, atomic_write_json, read_json
 from nni_splitting.nni.tuner_args import COSTS, SplittingArguments, SplittingClassArgsValidator  # the classArgs (re-exported)
 
 __all__ = ["SplittingTuner", "SplittingArguments", "SplittingClassArgsValidator", "COSTS", "exact_counter"]
@@ -78,19 +77,10 @@ class SplittingTuner(Tuner):
     picks from its splitting indexes.  A lineage stops at ``max_steps``, when no index is below
     ``threshold`` (splitting stability) or when the budget leaves no room.
 
-    Failures: a failed or killed trial is retried with the same parameters ``retries`` times; if
-    those fail too, the lineage falls back to its last good checkpoint (the parent) and tries once
-    more with the better half of the plan; if that also fails the lineage stops early.  Before a
-    trial is used as a parent its checkpoint and splits file are checked against the SHA-256 its
-    ``splitting.json`` stores; one that does not match is set aside and the lineage falls back to
-    the nearest ancestor that matches.  Other lineages and the experiment go on; the lineages that
-    stopped early, and why, are in the state file (``ended_early``) and in the CLI's final table.
-
-    Resume: parameters carry ``node_id``, ``lineage``, ``step`` and the parent's paths; results
-    carry the checkpoint and index paths, so :meth:`import_data` rebuilds every lineage and growth
-    continues from each lineage's last succeeded trial.  A trial that was running at the stop is
-    adopted when its finished work on disk is verified (``checkpoint_sha256``), waited on for
-    ``resume_timeout`` seconds when NNI re-runs it, and retried otherwise.
+    Failures (retry, fall back to the last good or verified checkpoint, stop early) and resume
+    (:meth:`import_data` rebuilds every lineage; running trials adopted when verified, waited on or
+    retried) are the scheduler's (:mod:`nni_splitting.nni.faults`); the lineages that stopped early,
+    and why, are in the state file (``ended_early``) and in the CLI's final table.
 
     Parameters are those of :class:`SplittingArguments`; ``policy`` (not a classArg) is the
     scheduler's :class:`~nni_splitting.nni.scheduler.Policy` (the comparison passes its own).
@@ -253,40 +243,14 @@ class SplittingTuner(Tuner):
 
     def _verify(self, node: Node, trial_id: Optional[str]) -> Optional[dict]:
         """Finished work of ``node``'s trial on disk, verified by its checkpoint's SHA-256; else None."""
-        for path in self._index_candidates(trial_id):
+        for path in index_candidates(trial_id, self.args.storage_path, self.storage, _experiment_id()):
             result = verified_result(path, node.node_id, self.storage)
             if result is not None:
                 return result
         return None
 
     def _check_files(self, node: Node, info: dict) -> Optional[str]:
-        """None when ``node``'s checkpoint and splits file match the SHA-256 its trial stored in
-        ``splitting.json`` (files of older trials, without one, pass), else why they do not."""
-        for key, what in (("checkpoint", "checkpoint"), ("splits", "splits file")):
-            expected = info.get(f"{key}_sha256")
-            if not info.get(key) or not expected:
-                continue
-            path = self.storage.to_local(info[key])
-            try:
-                actual = file_sha256(path)
-            except OSError as error:
-                return f"the {what} {path!r} of {node.node_id} cannot be read: {error}"
-            if actual != expected:
-                return (f"the {what} {path!r} of {node.node_id} (trial {node.trial_id or '?'}) does not match the "
-                        f"SHA-256 in its {INDEX_FILE} (truncated or changed after it was written)")
-        return None
-
-    def _index_candidates(self, trial_id: Optional[str]) -> List[Path]:
-        if not trial_id:
-            return []
-        if self.args.storage_path:
-            folder = trial_output_dir(self.args.storage_path, _experiment_id(), trial_id, None)
-            return [Path(self.storage.to_local(str(folder / INDEX_FILE)))] if folder else []
-        checkpoints = os.environ.get("NNI_CHECKPOINT_DIRECTORY")
-        if not checkpoints:
-            return []
-        # local training service: <experiment dir>/environments/<env>/trials/<trial id>/
-        return sorted(Path(checkpoints).parent.glob(f"environments/*/trials/{trial_id}/{INDEX_FILE}"))
+        return check_node_files(node.node_id, node.trial_id, info, self.storage)
 
     def _after_event(self):
         """Lock held: save the state, start the watcher when a deadline is pending, end when finished."""

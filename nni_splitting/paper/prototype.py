@@ -3,12 +3,10 @@
 Network (Li, Liu, Chen & Rudin, "Deep learning for case-based reasoning through prototypes", AAAI 2018):
 a convolutional autoencoder (encoder ``f``: 28x28 -> latent ``z`` of 10x2x2 = 40 values in ``(0, 1)``,
 decoder ``g`` back to 28x28), a prototype layer with ``m`` prototypes ``p_j`` in latent space, a linear
-layer ``W`` (no bias) and a softmax. The loss is Li et al.'s
+layer ``W`` (no bias) and a softmax. The loss is Li et al.'s, averaged over the batch:
 
     L = lambda_c CE(W h(z), y) + lambda_r ||g(f(x)) - x||^2 + lambda_1 R1 + lambda_2 R2,
-    R1 = mean_j min_n ||p_j - z_n||^2,      R2 = mean_n min_j ||z_n - p_j||^2,
-
-with ``lambda = (20, 1, 1, 1)`` as in Li et al., averaged over the batch.
+    R1 = mean_j min_n ||p_j - z_n||^2,      R2 = mean_n min_j ||z_n - p_j||^2,   lambda = (20, 1, 1, 1).
 
 The prototype neuron. Li et al. feed the squared distances ``d_j = ||z - p_j||^2`` to ``W``
 (``feature="distance"``). Then ``Hess_p d_j = 2 I`` and ``S_j = 2 E[dL/dd_j] I`` is isotropic: every
@@ -40,17 +38,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from nni_splitting.graph import register_layer_handler, replace_tensor
+from nni_splitting.graph import replace_tensor
 from nni_splitting.growth.selection import select_neurons
 from nni_splitting.core.splitting import LayerSplitting
 from nni_splitting.growth.surgery import split_group
 from nni_splitting.paper.neurons import CustomNeuronHandler, custom_group, custom_layer_splitting, custom_splitting_matrices
 
-__all__ = [
-    "FEATURES", "LossWeights", "PrototypeLayer", "PrototypeHandler", "PrototypeNet", "prototype_loss",
-    "prototype_splitting", "split_prototypes", "train_prototype_net", "fit_classifier", "evaluate_prototype_net", "SplitTree", "grow_prototypes", "probe_split_step",
-    "mnist_unit_interval",
-]
+__all__ = ["FEATURES", "LossWeights", "PrototypeLayer", "PrototypeHandler", "PrototypeNet", "prototype_loss",
+           "prototype_splitting", "split_prototypes", "train_prototype_net", "fit_classifier", "evaluate_prototype_net",
+           "SplitTree", "grow_prototypes", "probe_split_step", "mnist_unit_interval"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +83,8 @@ def _decoder(channels: int, latent_channels: int) -> nn.Sequential:
 class PrototypeLayer(nn.Module):
     """The prototypes ``p_j`` (rows of ``weight``, ``[m, D]``) and their squared distances to codes ``z``."""
 
+    splitting_handler = "nni_splitting.paper.prototype:PrototypeHandler"  # comes with the layer
+
     def __init__(self, num_prototypes: int, dim: int):
         super().__init__()
         self.weight = nn.Parameter(torch.rand(num_prototypes, dim))
@@ -107,8 +105,6 @@ class PrototypeHandler(CustomNeuronHandler):
     def set_neuron_parameters(self, module, theta):
         replace_tensor(module, "weight", theta)
 
-
-register_layer_handler(PrototypeLayer, PrototypeHandler())
 
 #: The prototypes' neuron group in :class:`PrototypeNet`: their features feed ``classifier``.
 PROTOTYPE_GROUP = custom_group("prototype_layer", "prototype", consumers=["classifier"])
