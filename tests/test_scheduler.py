@@ -254,6 +254,11 @@ def test_lineage_settings_are_validated():
         check(beam=2, lineage_settings=[{}, {"epoch": 3}])
     with pytest.raises(ValueError, match=r"lineage_settings\[0\].selection"):
         check(beam=1, lineage_settings=[{"selection": "best"}])
+    for bad in (-0.1, float("nan"), True, "0.1"):  # the one epsilon check (common.defaults.check_epsilon)
+        with pytest.raises(ValueError, match=r"lineage_settings\[0\].epsilon=.* must be a finite number >= 0"):
+            check(beam=1, lineage_settings=[{"epsilon": bad}])
+        with pytest.raises(ValueError, match=r"^epsilon=.* must be a finite number >= 0"):
+            check(epsilon=bad)
 
 
 def test_lineage_settings_cost_ranks_that_lineage_per_flop(tmp_path):

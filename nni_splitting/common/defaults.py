@@ -26,8 +26,9 @@ name               value      meaning
 from __future__ import annotations
 
 import logging
+import math
 
-__all__ = ["EPSILON", "GROW_RATIO", "METHOD", "THRESHOLD", "SELECTION", "FRACTION", "SOLVER"]
+__all__ = ["EPSILON", "GROW_RATIO", "METHOD", "THRESHOLD", "SELECTION", "FRACTION", "SOLVER", "check_epsilon"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,3 +39,13 @@ THRESHOLD = 0.0
 SELECTION = "negative"
 FRACTION = 0.3
 SOLVER = "highs"
+
+
+def check_epsilon(epsilon, what: str = "epsilon") -> float:
+    """``epsilon`` (the splitting step size: offspring ``theta +- epsilon v``) as a float: a finite number >= 0.
+
+    The one check of every entry point (surgery, signed splits, the tuner's classArgs, a lineage's own).
+    """
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
+        raise ValueError(f"{what}={epsilon!r} must be a finite number >= 0")
+    return float(epsilon)

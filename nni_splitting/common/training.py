@@ -302,11 +302,11 @@ def fit(model: nn.Module, loader: Iterable, recipe: Optional[Recipe] = None, *, 
     return history
 
 
-def train(model: nn.Module, loader: Iterable, epochs: int = 1, lr: float = 0.05, momentum: float = 0.9,
-          weight_decay: float = 5e-4, nesterov: bool = False, schedule: str = "cosine",
+def train(model: nn.Module, loader: Iterable, epochs: int = 1, lr: float = Recipe.lr, momentum: float = Recipe.momentum,
+          weight_decay: float = Recipe.weight_decay, nesterov: bool = Recipe.nesterov, schedule: str = Recipe.schedule,
           loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
           regularizer: Optional[Callable[[nn.Module], torch.Tensor]] = None, max_steps: Optional[int] = None,
-          seed: Optional[int] = None, device=None, progress: bool = True, augment: str = "auto") -> Dict[str, Any]:
+          seed: Optional[int] = None, device=None, progress: bool = True, augment: str = Recipe.augment) -> Dict[str, Any]:
     """:func:`fit` with the recipe given as keywords (``Recipe(epochs=..., lr=..., ...)``)."""
     recipe = Recipe(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                     schedule=schedule, augment=augment)

@@ -45,7 +45,7 @@ from typing import Dict, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from nni_splitting.common.defaults import EPSILON
+from nni_splitting.common.defaults import EPSILON, check_epsilon
 from nni_splitting.graph.handlers import replace_tensor
 from nni_splitting.graph.registry import handler_for
 from nni_splitting.core.splitting import LayerSplitting
@@ -152,8 +152,7 @@ def apply_signed_splits(model: nn.Module, splits: Mapping[str, LayerSplitting], 
     number of splits); the layer grows by ``2 K``.
     """
     a, copies = _check_weight(a), _check_copies(copies)
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
-        raise ValueError(f"epsilon={epsilon!r} must be a finite number >= 0")
+    check_epsilon(epsilon)
     plan = validate_plan(splits, plan)
     codes = scheme_choices({k: splits[k] for k in plan}, a, copies)
     grown = model if inplace else copy.deepcopy(model)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import numbers
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from nni_splitting.common.defaults import EPSILON
+from nni_splitting.common.defaults import EPSILON, check_epsilon
 from nni_splitting.graph import LayerHandler, NeuronGroup, handler_for
 from nni_splitting.core.splitting import LayerSplitting
 
@@ -107,12 +106,6 @@ def split_groups(modules: Mapping[str, nn.Module], work: Sequence[Tuple[NeuronGr
         logger.info("split %d neuron(s) of %s: %d -> %d", len(indices), group.layer, old, old + len(indices))
 
 
-def _check_epsilon(epsilon) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
-        raise ValueError(f"epsilon={epsilon!r} must be a finite number >= 0")
-    return float(epsilon)
-
-
 def split_group(model: nn.Module, group: NeuronGroup, indices: Sequence[int], directions: torch.Tensor,
                 epsilon: float, inplace: bool = False) -> nn.Module:
     """Split neurons ``indices`` of one group along ``directions`` (``[len(indices), d]``, rows need not be unit).
@@ -121,7 +114,7 @@ def split_group(model: nn.Module, group: NeuronGroup, indices: Sequence[int], di
     :class:`LayerSplitting` (custom neurons, random directions). The ``+`` offspring keeps index ``j``,
     the ``-`` offspring is appended; returns the grown model (a copy unless ``inplace``).
     """
-    epsilon = _check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     grown = model if inplace else copy.deepcopy(model)
     modules = dict(grown.named_modules())
     check_modules(modules, [group])
@@ -156,7 +149,7 @@ def apply_splits(model: nn.Module, splits: Mapping[str, LayerSplitting], plan: M
     nn.Module
         The grown model; layer ``l`` has ``len(plan[l])`` more neurons, appended after the old ones.
     """
-    epsilon = _check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     plan = validate_plan(splits, plan)
     grown = model if inplace else copy.deepcopy(model)
     modules = dict(grown.named_modules())

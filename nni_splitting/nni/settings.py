@@ -21,22 +21,25 @@ from nni_splitting.common.training import Recipe
 __all__ = ["TRAIN_DEFAULTS", "ARCH_DEFAULTS", "check_train_settings", "resolve_params"]
 
 
+#: The training recipe's defaults are :class:`~nni_splitting.common.training.Recipe`'s (written once, there).
+_RECIPE = Recipe()
+
 #: Training settings (the tuner's ``trial`` classArg overrides them).
 TRAIN_DEFAULTS: Dict[str, Any] = {
     "dataset": "digits",       # nni_splitting.common.data.DATASETS, or the user's factory "package.module:function"
     "dataset_args": {},        # keywords of the user's data set factory
     "data_dir": None,          # folder of the data set files (not needed for digits)
-    "epochs": 8,               # epochs of every trial ...
+    "epochs": _RECIPE.epochs,  # epochs of every trial ...
     "seed_epochs": None,       # ... except the seed network (step 0), when set
-    "lr": 0.05,                # SGD learning rate (annealed by `schedule` over the trial's epochs)
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "nesterov": False,
-    "schedule": "cosine",      # "cosine", "step" (x gamma at milestones) or "constant"; fresh optimizer every trial
-    "milestones": [0.5, 0.75], # step schedule: fractions of the epochs
-    "gamma": 0.1,
-    "warmup_epochs": 0,        # linear warm-up
-    "augment": "auto",         # "auto" (random crop pad 4 + flip for CIFAR-size inputs), "crop_flip", "none"
+    "lr": _RECIPE.lr,          # SGD learning rate (annealed by `schedule` over the trial's epochs)
+    "momentum": _RECIPE.momentum,
+    "weight_decay": _RECIPE.weight_decay,
+    "nesterov": _RECIPE.nesterov,
+    "schedule": _RECIPE.schedule,  # "cosine", "step" (x gamma at milestones) or "constant"; fresh optimizer per trial
+    "milestones": list(_RECIPE.milestones),  # step schedule: fractions of the epochs
+    "gamma": _RECIPE.gamma,
+    "warmup_epochs": _RECIPE.warmup_epochs,  # linear warm-up
+    "augment": _RECIPE.augment,  # "auto" (random crop pad 4 + flip for CIFAR-size inputs), "crop_flip", "none"
     "batch_size": 64,
     "eval_batch_size": 512,
     "seed": 0,                 # initialisation / shuffling seed (the tuner adds the lineage index)

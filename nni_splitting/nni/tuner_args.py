@@ -10,7 +10,7 @@ import torch
 from nni import ClassArgsValidator
 
 import nni_splitting.nni.lineage as lin
-from nni_splitting.common.defaults import EPSILON, METHOD
+from nni_splitting.common.defaults import EPSILON, METHOD, check_epsilon
 from nni_splitting.common.data import input_shape_of
 from nni_splitting.graph import find_neuron_groups, trace_model
 from nni_splitting.common.importing import is_import_path
@@ -152,8 +152,8 @@ def check_lineage_settings(entries, beam: int, trial: dict, selection: str = "ne
         if entry.get("cost", "none") != "none" and entry.get("selection", selection) == "lowest_fraction":
             raise ValueError(f"lineage_settings[{number}]: selection='lowest_fraction' ranks by index only; "
                              f"got cost={entry['cost']!r}")
-        if "epsilon" in entry and not (_is_number(entry["epsilon"]) and entry["epsilon"] >= 0):
-            raise ValueError(f"lineage_settings[{number}].epsilon must be a number >= 0, got {entry['epsilon']!r}")
+        if "epsilon" in entry:
+            check_epsilon(entry["epsilon"], f"lineage_settings[{number}].epsilon")
         if "arm_label" in entry and not (isinstance(entry["arm_label"], str) and entry["arm_label"]):
             raise ValueError(f"lineage_settings[{number}].arm_label must be a non-empty string")
 
@@ -242,8 +242,7 @@ class SplittingClassArgsValidator(ClassArgsValidator):
                 raise ValueError(f"{key} must be an int >= 1, got {value!r}")
         if not (_is_number(args.threshold) and args.threshold <= 0):
             raise ValueError(f"threshold must be a number <= 0 (only loss-decreasing splits), got {args.threshold!r}")
-        if not (_is_number(args.epsilon) and args.epsilon >= 0):
-            raise ValueError(f"epsilon must be a finite number >= 0, got {args.epsilon!r}")
+        check_epsilon(args.epsilon)
         if args.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {args.method!r}")
         if args.selection not in TUNER_SELECTIONS:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -38,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from nni_splitting.common.defaults import check_epsilon
 from nni_splitting.graph import replace_tensor
 from nni_splitting.growth.selection import select_neurons
 from nni_splitting.core.splitting import LayerSplitting
@@ -246,8 +246,7 @@ def split_prototypes(net: PrototypeNet, indices: Sequence[int], directions: torc
     indices = [int(i) for i in indices]
     if any(not 0 <= i < m for i in indices) or len(set(indices)) != len(indices):
         raise ValueError(f"indices {indices!r} must be distinct prototypes of a layer with {m} prototypes")
-    if not math.isfinite(epsilon) or epsilon < 0:
-        raise ValueError(f"epsilon={epsilon!r} must be a finite number >= 0")
+    check_epsilon(epsilon)
     directions = torch.as_tensor(directions, dtype=net.prototypes.dtype).reshape(len(indices), -1)
     return split_group(net, PROTOTYPE_GROUP, indices, directions, epsilon)  # PrototypeHandler + Linear widening
 
