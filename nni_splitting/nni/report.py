@@ -60,7 +60,7 @@ COLUMNS = ["arm", "method", "seed", "step", "params", "flops", "params_ratio", "
 
 
 def rows_from_trials(trials: Iterable[Dict[str, Any]], experiment_id: str) -> List[Dict[str, Any]]:
-    """Rows of :data:`COLUMNS` from :func:`nni_splitting.experiment.read_trials` entries (finished trials only)."""
+    """Rows of :data:`COLUMNS` from :func:`nni_splitting.nni.rest.read_trials` entries (finished trials only)."""
     rows = []
     for trial in trials:
         result = trial.get("result")
