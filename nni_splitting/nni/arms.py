@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -74,9 +73,8 @@ from nni_splitting.growth.checkpoint import load_checkpoint, save_checkpoint
 from nni_splitting.growth.counting import count_model
 from nni_splitting.common.data import dummy_input, load_dataset, make_loaders
 from nni_splitting.models import build_model, current_widths, default_widths
-from nni_splitting.common.storage import trial_output_dir
 from nni_splitting.common.training import evaluate
-from nni_splitting.nni.trial import device_of, full_widths, load_overrides, model_kwargs, resolve_params, run_trial, train_network
+from nni_splitting.nni.trial import device_of, output_folder, full_widths, load_overrides, model_kwargs, resolve_params, run_trial, train_network
 
 __all__ = ["ArmSpec", "StepView", "ARM_SPECS", "register_arm", "comparison_switches", "report_order", "ARMS", "FAMILIES", "PRUNING_ARMS", "GROWTH_ARMS", "COMPARE_DEFAULTS",
            "resolve_arm_params", "run_arm", "arm_label", "main"]
@@ -401,10 +399,7 @@ def main(argv=None) -> int:
             print(f"nni_splitting.nni.arms: bad parameters: {error}", file=sys.stderr)
             return 2
         trial_id, experiment_id = nni.get_trial_id(), nni.get_experiment_id()
-        output_dir = args.output_dir or trial_output_dir(p["storage_path"] or None, experiment_id, trial_id,
-                                                         os.environ.get("NNI_OUTPUT_DIR"))
-        if output_dir is None:
-            output_dir = Path("runs") / time.strftime("arm-%Y%m%d-%H%M%S")
+        output_dir = args.output_dir or output_folder(p["storage_path"], experiment_id, trial_id, "arm")
         logger.info("arm %s, parameters: %s", p["arm"], json.dumps(p, sort_keys=True, default=str))
         try:
             result = run_arm(p, Path(output_dir), nni.report_intermediate_result, trial_id, experiment_id)

@@ -44,7 +44,7 @@ from nni_splitting.growth.strategies import GrowthStrategy, strategy_class
 from nni_splitting.common.training import Recipe, evaluate, fit
 
 __all__ = ["TRAIN_DEFAULTS", "ARCH_DEFAULTS", "check_train_settings", "resolve_params", "recipe_of", "model_kwargs",
-           "full_widths", "build_network", "device_of", "load_overrides", "train_network", "split_loader", "run_trial", "main"]
+           "full_widths", "build_network", "device_of", "load_overrides", "train_network", "split_loader", "run_trial", "output_folder", "main"]
 
 _logger = logging.getLogger("nni_splitting.nni.trial")
 
@@ -283,6 +283,13 @@ def main(argv=None) -> int:
         package_logger.removeHandler(handler)
 
 
+def output_folder(storage_path: str, experiment_id: str, trial_id: str, prefix: str) -> Path:
+    """Where a trial (or arm) writes: under ``storage_path`` or ``$NNI_OUTPUT_DIR``; outside NNI a new
+    ``runs/<prefix>-<time>`` folder."""
+    folder = trial_output_dir(storage_path or None, experiment_id, trial_id, os.environ.get("NNI_OUTPUT_DIR"))
+    return Path(folder) if folder is not None else Path("runs") / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+
+
 def _main(args, received: Dict[str, Any]) -> int:
     import nni  # deferred: standalone use of this module (tests, scripts) need not start NNI's trial runtime
 
@@ -292,10 +299,7 @@ def _main(args, received: Dict[str, Any]) -> int:
         print(f"nni_splitting.nni.trial: bad parameters: {error}", file=sys.stderr)
         return 2
     trial_id, experiment_id = nni.get_trial_id(), nni.get_experiment_id()
-    output_dir = args.output_dir or trial_output_dir(params["storage_path"] or None, experiment_id, trial_id,
-                                                     os.environ.get("NNI_OUTPUT_DIR"))
-    if output_dir is None:
-        output_dir = Path("runs") / time.strftime("standalone-%Y%m%d-%H%M%S")
+    output_dir = args.output_dir or output_folder(params["storage_path"], experiment_id, trial_id, "standalone")
     _logger.info("parameters: %s", json.dumps(params, sort_keys=True))
     _logger.info("output folder: %s", output_dir)
     try:
