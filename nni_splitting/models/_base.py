@@ -139,9 +139,13 @@ class WidthModel(nn.Module):
 
     def __init__(self, widths, **config):
         super().__init__()
-        self.widths: list[int] = check_widths(widths, self.DEFAULT_WIDTHS, self.FIXED_DEPTH,
-                                               type(self).__name__)
+        fixed = self.FIXED_DEPTH and self._expected_depth() == len(self.DEFAULT_WIDTHS)
+        self.widths: list[int] = check_widths(widths, self.DEFAULT_WIDTHS, fixed, type(self).__name__)
         self.config: dict = dict(config)
+
+    def _expected_depth(self) -> int:
+        """Entries ``widths`` must have when ``FIXED_DEPTH`` (a subclass whose depth is configurable checks it)."""
+        return len(self.DEFAULT_WIDTHS)
 
     def width_layers(self) -> list[str]:
         """``named_modules()`` names of the width layers, one per entry of ``widths``, in order."""

@@ -20,24 +20,49 @@ class MobileNetV1(ConvNet):
         14 widths (default ``[32, 64, 128, 128, 256, 256, 512 x6, 1024, 1024]``): the
         first 3x3 conv ``features.stem.conv``, then the pointwise convs
         ``features.block{{i}}.pw.conv`` of the 13 blocks (depthwise strides
-        ``1,2,1,2,1,2,1,1,1,1,1,2,1``).{common}"""
+        ``1,2,1,2,1,2,1,1,1,1,1,2,1``).
+    strides : list of int, optional
+        The blocks' depthwise strides (default the class's ``STRIDES``): one more block per entry, so
+        ``widths`` then has ``len(strides) + 1`` entries. Depth growth
+        (:func:`nni_splitting.growth.depth.deepen`) inserts stride-1 blocks this way; a non-default value
+        is kept in ``config`` so checkpoints and :func:`~nni_splitting.models.rebuild` carry it.{common}"""
 
     DEFAULT_WIDTHS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
     STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)
 
     def __init__(self, widths=None, num_classes: int = 10, in_channels: int = 3,
-                 activation: str = "relu", dropout: float = 0.0):
+                 activation: str = "relu", dropout: float = 0.0, strides=None):
+        self.strides = self._check_strides(strides, widths)
         super().__init__(widths, num_classes, in_channels, activation, dropout)
+        if self.strides != tuple(self.STRIDES):
+            self.config["strides"] = list(self.strides)
+
+    def _check_strides(self, strides, widths) -> tuple:
+        owner = type(self).__name__
+        if strides is None:
+            return tuple(self.STRIDES)
+        if isinstance(strides, (str, bytes)) or not isinstance(strides, (list, tuple)) or not strides \
+                or any(isinstance(s, bool) or s not in (1, 2) for s in strides):
+            raise ValueError(f"{owner}: strides must be a non-empty list of 1s and 2s, got {strides!r}")
+        if widths is None and tuple(strides) != tuple(self.STRIDES):
+            raise ValueError(f"{owner}: strides {list(strides)} need widths (len(strides) + 1 of them)")
+        if widths is not None and len(list(widths)) != len(strides) + 1:
+            raise ValueError(f"{owner}: {len(strides)} strides need {len(strides) + 1} widths, "
+                             f"got {len(list(widths))}: {list(widths)!r}")
+        return tuple(int(s) for s in strides)
+
+    def _expected_depth(self) -> int:
+        return len(self.strides) + 1
 
     def _layers(self, w, in_channels, activation):
         layers = [("stem", ConvBNAct(in_channels, w[0], 3, stride=1, activation=activation))]
-        for i, stride in enumerate(self.STRIDES, start=1):
+        for i, stride in enumerate(self.strides, start=1):
             layers.append((f"block{i}", ds_block(w[i - 1], w[i], stride, activation)))
         return layers
 
     def width_layers(self) -> list[str]:
         return ["features.stem.conv"] + [
-            f"features.block{i}.pw.conv" for i in range(1, len(self.STRIDES) + 1)]
+            f"features.block{i}.pw.conv" for i in range(1, len(self.strides) + 1)]
 
 
 class VGG19BN(ConvNet):

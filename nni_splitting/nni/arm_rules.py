@@ -53,7 +53,8 @@ def emit_scratch(view: StepView) -> Emission:
     if view.step == 0:
         return []
     widths = [int(w) for w in str(view.result.get("widths") or "").split(",") if w]
-    return [{"widths": widths, "total_epochs": lineage_epochs(view)}]
+    strides = [int(s) for s in str(view.result.get("strides") or "").split(",") if s]  # a depth-grown network's
+    return [{"widths": widths, "total_epochs": lineage_epochs(view), **({"strides": strides} if strides else {})}]
 
 
 def emit_uniform(view: StepView) -> Emission:

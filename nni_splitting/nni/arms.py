@@ -99,6 +99,7 @@ COMPARE_DEFAULTS: Dict[str, Any] = {
     "plain_widths": None,         # plain: its base widths (default: the family's defaults)
     "split_counts": [],           # random_split / new_neurons: [{layer: count}] per step
     "total_epochs": None,         # scratch / uniform: epochs to train (default: seed_epochs + step * epochs)
+    "strides": None,              # scratch: a depth-grown MobileNet's block strides (default: the model's own)
     "ancestor_epochs": 0,         # splitting: epochs of the ancestors
     "ancestor_wall_time": 0.0,
     "max_params_ratio": None,     # width: parameter budget (fraction of the full model) of a search
@@ -208,7 +209,8 @@ def _run_scratch(ctx: ArmContext) -> ArmOutcome:
     p = ctx.params
     if not p["widths"]:
         raise ValueError(f"arm {p['arm']} needs widths (the architecture to train from scratch)")
-    model = build_model(p["model"], widths=list(p["widths"]), **ctx.kwargs).to(ctx.device)
+    depth = {"strides": list(p["strides"])} if p["strides"] else {}
+    model = build_model(p["model"], widths=list(p["widths"]), **ctx.kwargs, **depth).to(ctx.device)
     epochs = _retrain_epochs(p)
     return ArmOutcome(model, _train(ctx, model, epochs), epochs, {})
 
@@ -372,6 +374,7 @@ def run_arm(p: Dict[str, Any], output_dir: Path, report: Callable[[dict], None] 
         "flops_ratio": flops / ref_flops, "epochs": float(outcome.epochs), "mac_epochs": float(flops) * own_epochs,
         "wall_time": outcome.prior_wall_time + seconds, "seconds": seconds,
         "widths": ",".join(str(w) for w in widths), "node": p["node_id"],
+        "strides": ",".join(str(v) for v in getattr(model, "config", {}).get("strides", [])),
         "lineage": p["lineage"], "checkpoint": str(checkpoint) if arm == "full" else "",
     }
     result.update(outcome.extra)

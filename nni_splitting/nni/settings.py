@@ -64,6 +64,8 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "epsilon_scale": "absolute",  # offspring theta +- eps v ("absolute") or +- eps ||theta|| v ("relative")
     "symmetry_breaking": "none",  # "none", "noise" or "bn_scale" on the appended offspring (nni_splitting.growth.offspring)
     "symmetry_scale": 0.1,        # its size: noise std / ||theta|| per weight * sqrt(d), or the BN scale's 1 + x
+    "depth_layers": 0,            # growth steps also insert this many identity-initialised blocks where the loss
+                                  # falls most per added parameter (MobileNet models: nni_splitting.growth.depth)
     "retrain_epochs": "matched",  # comparison arms trained from scratch (scratch, uniform, pruned_scratch):
                                   # "matched" = the lineage's total epochs, "round" = one round's `epochs`
 }
@@ -91,7 +93,7 @@ ARCH_DEFAULTS: Dict[str, Any] = {
     "storage_path": "",        # shared folder (worker view); "" = $NNI_OUTPUT_DIR
 }
 
-_INT_KEYS = ("epochs", "batch_size", "eval_batch_size", "seed", "data_seed", "split_batches")
+_INT_KEYS = ("epochs", "batch_size", "eval_batch_size", "seed", "data_seed", "split_batches", "depth_layers")
 _OPTIONAL_INT_KEYS = ("seed_epochs", "per_class", "split_batch_size", "num_threads", "split_samples",
                       "split_positions")
 
@@ -120,7 +122,7 @@ def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
     if merged["data_dir"] is not None and not isinstance(merged["data_dir"], str):
         raise ValueError(f"trial.data_dir must be a path string, got {merged['data_dir']!r}")
     for key in _INT_KEYS:
-        low = 0 if key in ("seed", "data_seed") else 1
+        low = 0 if key in ("seed", "data_seed", "depth_layers") else 1
         if not (_is_int(merged[key]) and merged[key] >= low):
             raise ValueError(f"trial.{key} must be an int >= {low}, got {merged[key]!r}")
     for key in _OPTIONAL_INT_KEYS:

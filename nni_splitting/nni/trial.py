@@ -19,6 +19,7 @@ trains the default seed network on the embedded digits data set.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -40,7 +41,8 @@ from nni_splitting.models.spec import build_seed, is_registered
 from nni_splitting.growth.networks import load_network, network_widths, save_network
 from nni_splitting.nni.settings import ARCH_DEFAULTS, TRAIN_DEFAULTS, check_train_settings, resolve_params
 from nni_splitting.common.storage import INDEX_FILE, SPLITS_FILE, CHECKPOINT_FILE, atomic_save, atomic_write_json, trial_output_dir
-from nni_splitting.growth.strategies import GrowthStrategy, strategy_class
+from nni_splitting.growth.depth import grow_depth
+from nni_splitting.growth.strategies import GrowthStrategy, split_batch_count, strategy_class
 from nni_splitting.common.training import Recipe, evaluate, fit
 
 __all__ = ["TRAIN_DEFAULTS", "ARCH_DEFAULTS", "check_train_settings", "resolve_params", "recipe_of", "model_kwargs",
@@ -91,7 +93,12 @@ def build_network(params: Dict[str, Any], data) -> nn.Module:
     except Exception as error:  # truncated or foreign: a named error, like a checkpoint's
         raise CheckpointError(f"splits file {params['parent_splits']!r} is unreadable (truncated, or not a "
                               f"{params['growth_strategy']} file): {type(error).__name__}: {error}") from error
-    return _check_grown(strategy.apply(parent, scores, plan), params, state)
+    grown = _check_grown(strategy.apply(parent, scores, plan), params, state)
+    if params["depth_layers"]:  # then the new blocks, scored on the width-grown network
+        batches = itertools.islice(split_loader(params, data), split_batch_count(params))
+        grown, depth = grow_depth(grown, nn.CrossEntropyLoss(), batches, params["depth_layers"], float(params["epsilon"]))
+        _logger.info("depth growth: scores %s; strides now %s", depth, list(grown.strides))
+    return grown
 
 
 def trial_strategy(params: Dict[str, Any]) -> GrowthStrategy:
@@ -206,7 +213,8 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
                                      node_id=params["node_id"], step=params["step"])
     flops, n_params = count_model(model, dummy)
     if is_registered(params["model"]):
-        reference = build_model(params["model"], widths=full_widths(params), **model.config)
+        shape = {k: v for k, v in model.config.items() if k != "strides"}  # the full model keeps its depth
+        reference = build_model(params["model"], widths=full_widths(params), **shape)
         reference_widths = list(reference.widths)
     else:  # the user's own model: the reference is the seed as its factory builds it
         reference = build_seed(params["model"], params["model_args"]).eval()
@@ -238,6 +246,7 @@ def run_trial(params: Dict[str, Any], output_dir: Path, report_intermediate: Cal
         "method": "splitting", "parent": params["parent"], "node": params["node_id"], "lineage": params["lineage"],
         "attempt": params["attempt"], "n_split": params["n_split"], "widths": ",".join(str(w) for w in widths),
         "min_index": min_index, "growth_change": growth_change,
+        "strides": ",".join(str(v) for v in getattr(model, "config", {}).get("strides", [])),
         "checkpoint": str(checkpoint), "splits": info["splits"], "indexes": str(index_path),
         "seconds": time.time() - started, "train_seconds": train_seconds, "split_seconds": split_seconds,
     }
