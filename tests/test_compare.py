@@ -276,3 +276,77 @@ def test_labelled_lineage_baselines_follow_its_seed_and_label(tmp_path):
     uniform = [p for p in sent if p["arm"] == "uniform"]
     assert scratch and all(p["arm_label"] == "firefly_scratch" and p["seed"] == 7 for p in scratch)
     assert uniform and all(p["seed"] == 7 and not p.get("arm_label") for p in uniform)
+
+
+def test_resumed_comparison_queues_only_the_missing_arms(tmp_path):
+    """``nnictl resume`` of a comparison: NNI replays the finished trials (``import_data``) into a fresh tuner;
+    imported arms stay arms (not growth steps), nothing finished runs again, and what the imported steps
+    lack is queued: here the L1 pruner and the scratch arm of step 1, not the seed, the step, the full model
+    or the uniform arms that had finished."""
+    import json
+    args = dict(max_steps=1, beam=1, pruners=["l1"], arms=["pruning", "scratch", "uniform"], seed_widths=[2, 4, 8],
+                trial={"epochs": 1})
+    tuner = CompareTuner(**args)
+    tuner.end_hook = None
+    finished = []
+
+    def finish(parameter_id, params, value):
+        value = dict(value, node=params["node_id"])
+        tuner.receive_trial_result(parameter_id, params, value)
+        finished.append({"parameter": params, "value": value, "trialJobId": f"T{parameter_id}"})
+
+    sent = tuner.generate_multiple_parameters([0, 1])
+    seed = next(p for p in sent if p["arm"] == "splitting")
+    full = next(p for p in sent if p["arm"] == "full")
+    finish(1, full, {"default": 0.9, "params": 1000, "epochs": 3, "wall_time": 5.0, "checkpoint": "/x/full.pt"})
+    info = {"widths": [2, 4, 8], "width_layers": ["a", "b", "c"], "eigenvalues": {"a": [-1, 0.1], "b": [0.1] * 4,
+                                                                                    "c": [0.2] * 8}}
+    (tmp_path / "s.json").write_text(json.dumps(info))
+    finish(0, seed, {"default": 0.5, "params": 10, "epochs": 1, "wall_time": 1.0, "widths": "2,4,8",
+                     "indexes": str(tmp_path / "s.json")})
+    child = tuner.generate_multiple_parameters([2])[0]
+    (tmp_path / "c.json").write_text(json.dumps(dict(info, widths=[3, 4, 8])))
+    finish(2, child, {"default": 0.6, "params": 20, "epochs": 2, "wall_time": 2.0, "widths": "3,4,8",
+                      "indexes": str(tmp_path / "c.json")})
+    arms = tuner.generate_multiple_parameters(list(range(10, 20)))
+    assert sorted((p["arm"], p["step"]) for p in arms) == [("l1", 0), ("l1", 1), ("scratch", 1), ("uniform", 0),
+                                                           ("uniform", 1)]
+    for i, p in enumerate(arms):  # the experiment stops with the step-0 pruner and both uniform arms done
+        if (p["arm"], p["step"]) in (("l1", 0), ("uniform", 0), ("uniform", 1)):
+            finish(10 + i, p, {"default": 0.5, "widths": "2,3,5"})
+
+    resumed = CompareTuner(**args)
+    resumed.end_hook = None
+    resumed.import_data(finished)
+    again = resumed.generate_multiple_parameters(list(range(30, 40)))
+    assert sorted((p["arm"], p["step"]) for p in again) == [("l1", 1), ("scratch", 1)]
+    l1 = next(p for p in again if p["arm"] == "l1")
+    assert l1["full_checkpoint"] == "/x/full.pt" and abs(l1["target_ratio"] - 0.02) < 1e-9
+    assert next(p for p in again if p["arm"] == "scratch")["widths"] == [3, 4, 8]
+    assert not resumed.finished
+    for i, p in enumerate(again):
+        resumed.receive_trial_result(30 + i, p, {"default": 0.5, "node": p["node_id"], "widths": "2,3,5"})
+    assert resumed.finished
+
+
+def test_stopped_comparison_resumes_through_nnictl_without_running_an_arm_twice(tmp_path, tiny):
+    """The tiny comparison stopped by ``nnictl stop`` after a few trials, then ``nnictl resume``: it ends DONE
+    with every (arm, step) of the uninterrupted run (the ``tiny`` fixture's) succeeded exactly once."""
+    from nni_splitting.nni import nnictl
+    path = _tiny_config(tmp_path)
+    port = ex.free_port(start=24000 + os.getpid() % 20000)
+    experiment_id = ex.create(path, port, env=ex.venv_env())
+    base = ex.rest_url(port)
+    try:
+        assert ex.wait(base, timeout=400, min_succeeded=3) != "TIMEOUT"
+        assert ex.stop(experiment_id)
+        assert nnictl.resume(experiment_id, port) == port
+        assert ex.wait(base, timeout=600) == "DONE"
+        done = [t["result"] for t in ex.read_trials(base) if t["status"] == "SUCCEEDED"]
+        resumed = sorted((r["arm"], r["step"]) for r in done)
+        assert len(resumed) == len(set(resumed)), resumed  # no arm ran twice
+        clean = sorted((t["result"]["arm"], t["result"]["step"]) for t in ex.read_trials(ex.rest_url(tiny["port"]))
+                       if t["status"] == "SUCCEEDED")
+        assert resumed == clean
+    finally:
+        ex.stop(experiment_id)

@@ -26,7 +26,8 @@ When all trials are done the tuner lowers ``maxTrialNumber`` and NNI ends ``DONE
 
 ``nni-splitting compare --config experiments/compare_digits.yml`` starts it with nnictl, waits,
 writes ``results.csv`` / PNG / Markdown via :mod:`nni_splitting.nni.report` (from NNI's REST records)
-and stops the experiment by id.  Resume (``nnictl resume``) is not supported for comparisons.
+and stops the experiment by id.  ``nni-splitting resume ID`` (``nnictl resume``) continues a stopped
+comparison: finished growth steps and arms are kept, the missing ones are queued (no arm runs twice).
 """
 from __future__ import annotations
 

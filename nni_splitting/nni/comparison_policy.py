@@ -10,6 +10,10 @@ has succeeded, the arms that follow it queue theirs (``pruned_scratch``: the pru
 scratch, label ``<pruner>_scratch``). Arm nodes are :data:`~nni_splitting.nni.lineage.NodeKind.ARM` nodes
 of the same :class:`~nni_splitting.nni.scheduler.Scheduler`; their ``lineage`` is the seed they belong to.
 An arm added with :func:`~nni_splitting.nni.arms.register_arm` is queued here with no other edit.
+
+Resumable (``nnictl resume``): the imported trials are growth steps and arms again
+(:func:`~nni_splitting.nni.lineage.node_kind`), an arm already done or queued for its (seed, step, arm,
+label) is never queued twice, and :meth:`ComparisonPolicy.start` queues what the imported steps lack.
 """
 from __future__ import annotations
 
@@ -79,10 +83,12 @@ class ComparisonPolicy(Policy):
     # ------------------------------------------------------------------ Policy hooks
 
     def start(self, scheduler: Scheduler) -> None:
-        if not any(ARM_SPECS[name].needs_full for name in self._active()):
-            return  # the converged full model is the pruners' start, nothing else needs it
+        """Queue the full models; after ``nnictl resume``, also every arm the imported steps still lack."""
+        if any(ARM_SPECS[name].needs_full for name in self._active()):  # the pruners start from the full model
+            for lineage in range(self.args.beam):
+                self._add(scheduler, lineage, "full", 0, {"widths": None, "width_multiplier": 1.0})
         for lineage in range(self.args.beam):
-            self._add(scheduler, lineage, "full", 0, {"widths": None, "width_multiplier": 1.0})
+            self._emit(scheduler, lineage)
 
     def growth_params(self, node: Node, parent: Optional[Node]) -> dict:
         result = (parent.result or {}) if parent else {}
@@ -119,6 +125,13 @@ class ComparisonPolicy(Policy):
             # a labelled lineage's architecture from scratch is reported beside it, e.g. firefly_scratch
             settings["arm_label"] = f"{own['arm_label']}_scratch"
         settings.update(extra)
+        label = settings.get("arm_label", "")
+        if any(n.kind == NodeKind.ARM and (n.lineage, n.step, n.params.get("arm"), n.params.get("arm_label", ""))
+               == (lineage, step, arm, label) and (n.status == NodeStatus.SUCCEEDED or n.status.active)
+               for n in scheduler.nodes.values()):
+            logger.info("arm %s %s of lineage %d step %d is done or queued already (resumed experiment)",
+                        arm, label, lineage, step)
+            return
         scheduler.add_arm(lineage, f"{arm}-l{lineage}s{step}-{secrets.token_hex(3)}", step, settings)
 
     def _full(self, scheduler: Scheduler, lineage: int) -> Optional[Node]:

@@ -69,9 +69,15 @@ class FaultHandling:
             return known
         node = Node(params["node_id"], int(params.get("lineage", 0)), int(params.get("step", 0)),
                     int(params.get("attempt", 0)), params.get("parent_node") or "", dict(params),
-                    status=NodeStatus.RUNNING, trial_id=trial_id or "", recovered=True)
+                    status=NodeStatus.RUNNING, trial_id=trial_id or "", recovered=True, kind=lin.node_kind(params))
         self.nodes[node.node_id] = node
-        done = self.verify(node, trial_id)
+        if node.kind == NodeKind.ARM and state not in RERUN_STATES:  # an arm leaves no verifiable work: run it again
+            node.status = NodeStatus.FAILED
+            again = {k: v for k, v in params.items() if k != "node_id"}
+            self.add_arm(node.lineage, f"{node.node_id}-again", node.step, again)
+            logger.info("%s (trial %s) will not be re-run by NNI (state %s): queued again", node.node_id, trial_id, state)
+            return node
+        done = self.verify(node, trial_id) if node.kind == NodeKind.GROWTH else None
         if done is not None:
             logger.info("%s (trial %s): its finished work on disk is verified and adopted", node.node_id, trial_id)
             node.status, node.result = NodeStatus.SUCCEEDED, done

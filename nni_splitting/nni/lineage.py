@@ -26,6 +26,7 @@ from nni_splitting.growth.selection import halve_plan, rank_plan, select_lowest_
 SchedulerLike = Any
 
 __all__ = [
+    "node_kind",
     "Node",
     "NodeStatus",
     "NodeKind",
@@ -350,6 +351,11 @@ def trial_params(args, node: Node, widths, width_multiplier, plan: Plan, parent:
     return settings
 
 
+def node_kind(params: Mapping[str, Any]) -> NodeKind:
+    """A comparison arm when the trial's parameters name an arm other than ``splitting``, else a growth step."""
+    return NodeKind.ARM if params.get("arm") not in (None, "", "splitting") else NodeKind.GROWTH
+
+
 def import_node(nodes: Dict[str, Node], entry: dict, known: Mapping[str, dict]) -> Optional[Node]:
     """Record one finished trial of NNI's ``import_data`` in ``nodes`` (SUCCEEDED); the node, or None when
     it was known as succeeded already or has no ``node_id``.  ``known``: parameters by node id."""
@@ -367,7 +373,8 @@ def import_node(nodes: Dict[str, Node], entry: dict, known: Mapping[str, dict]) 
         params = known.get(node_id) or {"node_id": node_id, "lineage": value.get("lineage", 0),
                                         "step": value.get("step", 0), "attempt": value.get("attempt", 0)}
         node = Node(node_id, int(params.get("lineage", 0)), int(params.get("step", 0)),
-                    int(params.get("attempt", 0)), params.get("parent_node") or "", dict(params))
+                    int(params.get("attempt", 0)), params.get("parent_node") or "", dict(params),
+                    kind=node_kind(params))
         nodes[node_id] = node
     node.trial_id = entry.get("trialJobId") or node.trial_id
     node.result, node.status, node.deadline, node.note = value, NodeStatus.SUCCEEDED, None, ""
