@@ -30,7 +30,7 @@ import re
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from nni_splitting.nni.claims import baseline_front, claims_markdown
 from nni_splitting.nni import nnictl, rest
@@ -38,7 +38,7 @@ from nni_splitting.nni.arms import report_order
 import nni_splitting.nni.summary as summaries
 from nni_splitting.nni.summary import arm_key, is_search as _is_search, number as _num
 
-__all__ = ["COLUMNS", "rows_from_rest", "rows_from_trials", "read_experiment", "aggregate", "add_training_compute",
+__all__ = ["COLUMNS", "rows_from_rest", "rows_from_trials", "read_experiment", "read_experiment_trials", "aggregate", "add_training_compute",
            "write_csv",
            "write_markdown", "plot", "write_outputs", "markdown_summary", "search_summary", "read_csv"]
 
@@ -103,10 +103,18 @@ def _experiment_ports() -> Dict[str, int]:
 def read_experiment(experiment_id: str, port: Optional[int] = None, workdir: Optional[str] = None,
                     timeout: float = 60) -> List[Dict[str, Any]]:
     """Rows of one experiment: on ``port`` if given or running, else through ``nnictl view`` (stopped after)."""
+    return rows_from_trials(read_experiment_trials(experiment_id, port, workdir, timeout)[0], experiment_id)
+
+
+def read_experiment_trials(experiment_id: str, port: Optional[int] = None, workdir: Optional[str] = None,
+                           timeout: float = 60) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """``(trials, experiment profile)`` of one experiment (:func:`nni_splitting.nni.rest.read_trials`, REST
+    ``experiment``): on ``port`` if given or running, else through ``nnictl view`` (stopped after)."""
     if port is None:
         port = _experiment_ports().get(experiment_id)
     if port is not None:
-        return rows_from_rest(rest.rest_url(port), experiment_id)
+        base = rest.rest_url(port)
+        return rest.read_trials(base), rest.rest(base, "experiment") or {}
     if workdir and not (Path(workdir).expanduser() / experiment_id).is_dir():
         raise RuntimeError(f"no experiment {experiment_id} in {workdir}")
     port = nnictl.free_port(8600)
@@ -130,7 +138,7 @@ def read_experiment(experiment_id: str, port: Optional[int] = None, workdir: Opt
                 if time.time() > deadline:
                     raise
                 time.sleep(1)
-        return rows_from_rest(base, experiment_id)
+        return rest.read_trials(base), rest.rest(base, "experiment") or {}
     finally:
         nnictl.stop(experiment_id)
 
