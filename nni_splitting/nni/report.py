@@ -5,7 +5,7 @@ metrics; nothing from private files) and writes, into ``--out`` (default ``resul
 
 * ``results.csv``: one row per trial (arm, method, seed, step, params, flops, params_ratio,
   accuracy = test accuracy, val_accuracy, epochs, wall_time, mac_epochs, total_mac_epochs,
-  experiment_id, trial_id, status, widths);
+  experiment_id, trial_id, status, widths, strides: a depth-grown MobileNet's block strides);
 * ``results.md``: mean +- standard deviation over seeds per arm and step;
 * ``compare.png``: test accuracy against parameter ratio and against FLOPs (the layout of the
   paper's Fig. 3: the size claim, at equal parameters or inference cost), and against the training
@@ -56,7 +56,7 @@ def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 COLUMNS = ["arm", "method", "seed", "step", "params", "flops", "params_ratio", "flops_ratio", "accuracy",
            "val_accuracy", "epochs", "wall_time", "mac_epochs", "total_mac_epochs", "experiment_id", "trial_id",
-           "status", "widths"]
+           "status", "widths", "strides"]
 
 
 def rows_from_trials(trials: Iterable[Dict[str, Any]], experiment_id: str) -> List[Dict[str, Any]]:
@@ -78,7 +78,7 @@ def rows_from_trials(trials: Iterable[Dict[str, Any]], experiment_id: str) -> Li
             "wall_time": result.get("wall_time", result.get("seconds", "")),
             "mac_epochs": result.get("mac_epochs", ""),
             "experiment_id": experiment_id, "trial_id": trial.get("id"), "status": trial.get("status"),
-            "widths": result.get("widths", ""),
+            "widths": result.get("widths", ""), "strides": result.get("strides", ""),
         })
     return rows
 
