@@ -8,7 +8,11 @@ Rows: the Firefly lineage of ``cifar_strong.yml`` (the reference configuration) 
 FLOPs (NNI's counter), test accuracy, the change against Firefly at the same step, the best baseline
 within 10 % of its parameters (pruners and plain networks, seed 0) and the margin to it, and the margin
 to the baselines' accuracy-vs-FLOPs front at its FLOPs (interpolated in log FLOPs; the claim rule of
-:mod:`nni_splitting.nni.claims`). A lever that is not implemented (depth growth) is listed as such.
+:mod:`nni_splitting.nni.claims`; a width search counts with its pick by validation accuracy), and the lever's
+architecture retrained from scratch for one round where it was measured (``<lever>_scratch``).
+
+    python experiments/strong_ablation_table.py results/cifar_strong/seed0/results.csv \
+        results/cifar_strong/ablation/results.csv results/cifar_strong/depth/results.csv
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import argparse
 import csv
 from typing import Dict, List, Optional
 
-from nni_splitting.nni.claims import BASELINE_METHODS, baseline_front, front_accuracy
+from nni_splitting.nni.claims import BASELINE_METHODS, baseline_front, front_accuracy, search_pick
 from nni_splitting.nni.summary import number
 
 LEVERS = {
@@ -25,8 +29,9 @@ LEVERS = {
     "s3d": "S3D: signed splits, lowest 45 % of the best scheme's index",
     "firefly_per_flop": "Firefly ranked per added FLOP (selection negative, cost flops)",
     "firefly_energy": "Firefly, energy-aware LP spending the count rule's FLOPs",
+    "firefly_depth1": "Firefly + depth growth: one identity-initialised block per step (depth_layers 1)",
+    "firefly_depth2": "Firefly + depth growth: two identity-initialised blocks per step (depth_layers 2)",
 }
-NOT_IMPLEMENTED = {"depth": "depth growth (Firefly's identity-initialised new layers): not implemented"}
 
 
 def read(paths: List[str]) -> List[Dict[str, str]]:
@@ -38,7 +43,13 @@ def read(paths: List[str]) -> List[Dict[str, str]]:
 
 
 def best_baseline(rows, params: float, tolerance: float = 0.1) -> Optional[Dict[str, str]]:
-    near = [r for r in rows if r["method"] in BASELINE_METHODS and abs(number(r["params"]) / params - 1) <= tolerance]
+    """The most accurate baseline within ``tolerance`` of ``params``; a width search counts with its pick by
+    validation accuracy under that budget (never its best test accuracy)."""
+    near = [r for r in rows if r["method"] in BASELINE_METHODS and r["method"] != "width_search"
+            and abs(number(r["params"]) / params - 1) <= tolerance]
+    near += [pick for pick in (search_pick(rows, arm, params * (1 + tolerance))
+                               for arm in sorted({r["arm"] for r in rows if r["method"] == "width_search"}))
+             if pick is not None]
     return max(near, key=lambda r: number(r["accuracy"]), default=None)
 
 
@@ -47,8 +58,10 @@ def table(rows: List[Dict[str, str]], seed: str = "0") -> str:
     front = baseline_front(rows)
     growth = [r for r in rows if r["method"] == "splitting" and r["arm"] in LEVERS and int(r["step"]) > 0]
     reference = {int(r["step"]): number(r["accuracy"]) for r in growth if r["arm"] == "firefly"}
+    scratch = {(r["arm"], int(r["step"])): number(r["accuracy"]) for r in rows if r["arm"].endswith("_scratch")}
     lines = ["| lever | step | params (% of full) | MFLOPs | test acc. (%) | vs Firefly (pt) | best baseline "
-             "within 10 % params | vs it (pt) | vs FLOPs front (pt) |", "|---|---|---|---|---|---|---|---|---|"]
+             "within 10 % params | vs it (pt) | vs FLOPs front (pt) | its architecture from scratch (%) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in sorted(growth, key=lambda r: (list(LEVERS).index(r["arm"]), int(r["step"]))):
         step, accuracy, flops = int(row["step"]), number(row["accuracy"]), number(row["flops"])
         rival = best_baseline(rows, number(row["params"]))
@@ -63,10 +76,12 @@ def table(rows: List[Dict[str, str]], seed: str = "0") -> str:
         params = int(number(row["params"]))
         lines.append(f"| {LEVERS[row['arm']]} | {step} | {params:,} ({100 * number(row['params_ratio']):.1f} %) "
                      f"| {flops / 1e6:.2f} | {100 * accuracy:.2f} | {versus} | {rival_text} | {rival_margin} "
-                     f"| {front_margin} |")
-    for name, what in NOT_IMPLEMENTED.items():
-        lines.append(f"| {what} | | | | | | | | |")
+                     f"| {front_margin} | {_percent(scratch.get((row['arm'] + '_scratch', step)))} |")
     return "\n".join(lines)
+
+
+def _percent(value: Optional[float]) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
 
 
 def main() -> None:

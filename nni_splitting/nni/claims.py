@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from nni_splitting.nni.summary import aggregate, number
 
-__all__ = ["BASELINE_METHODS", "PLAIN_METHODS", "accuracy_front", "front_accuracy", "baseline_front", "claims", "claims_markdown"]
+__all__ = ["BASELINE_METHODS", "PLAIN_METHODS", "accuracy_front", "front_accuracy", "baseline_front", "search_pick", "claims",
+           "claims_markdown"]
 
 #: ``method`` column of the arms a user would run instead of growing (pruners, plain networks, searches).
 BASELINE_METHODS = ("pruning", "width", "width_search")
@@ -66,7 +67,7 @@ def baseline_front(rows: List[Dict[str, Any]], summary: Optional[List[Dict[str, 
                              and number(r.get("accuracy")) is not None])
 
 
-def _search_pick(rows: List[Dict[str, Any]], arm: str, max_params: float) -> Optional[Dict[str, Any]]:
+def search_pick(rows: List[Dict[str, Any]], arm: str, max_params: float) -> Optional[Dict[str, Any]]:
     """A width search's pick at a budget: the trained sample with the best validation accuracy."""
     samples = [r for r in rows if r.get("arm") == arm and number(r.get("accuracy")) is not None
                and number(r.get("val_accuracy")) is not None and (number(r.get("params")) or math.inf) <= max_params]
@@ -81,7 +82,7 @@ def _rivals(rows: List[Dict[str, Any]], summary: List[Dict[str, Any]], params: f
            and abs(s["params"] - params) <= tolerance * params]
     if "width_search" in methods:
         for arm in sorted({r["arm"] for r in rows if r.get("method") == "width_search"}):
-            pick = _search_pick(rows, arm, params * (1 + tolerance))
+            pick = search_pick(rows, arm, params * (1 + tolerance))
             if pick is not None:
                 out.append((arm, number(pick["accuracy"])))
     return out
