@@ -94,8 +94,13 @@ def test_grow_depth_inserts_the_best_per_parameter():
     assert len(grown.strides) == 8
     expected, _ = deepen(model, best)
     assert list(grown.strides) == list(expected.strides) and current_widths(grown) == current_widths(expected)
+    deepest, _ = grow_depth(model, nn.CrossEntropyLoss(), batches, 1, 0.01, cost="none")
+    expected, _ = deepen(model, [min(scores, key=scores.get)])
+    assert current_widths(deepest) == current_widths(expected)
     with pytest.raises(ValueError, match="count"):
         grow_depth(model, nn.CrossEntropyLoss(), batches, -1, 0.01)
+    with pytest.raises(ValueError, match="cost"):
+        grow_depth(model, nn.CrossEntropyLoss(), batches, 1, 0.01, cost="flops")
 
 
 def test_deeper_checkpoint_round_trip(tmp_path):
@@ -131,3 +136,5 @@ def test_trial_grows_depth_and_the_scratch_arm_rebuilds_it(tmp_path):
     assert scratch["params"] == child["params"] and scratch["strides"] == child["strides"]
     with pytest.raises(ValueError, match="depth_layers"):
         resolve_params({}, {"depth_layers": -1})
+    with pytest.raises(ValueError, match="depth_cost"):
+        resolve_params({}, {"depth_cost": "flops"})

@@ -16,7 +16,7 @@ of its new block, to first order::
 
 computed for every position at once in one network with a new block at each (each block is the
 identity, so one block's gradient does not depend on the others). :func:`grow_depth` inserts the
-``count`` positions of most negative score per added parameter.
+``count`` positions of most negative score per added parameter (or of most negative score).
 """
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ from torch import nn
 
 from nni_splitting.models import MobileNetV1, current_widths
 
-__all__ = ["depth_positions", "deepen", "depth_scores", "grow_depth", "block_params"]
+__all__ = ["depth_positions", "deepen", "depth_scores", "grow_depth", "block_params", "DEPTH_COSTS"]
+
+#: How :func:`grow_depth` ranks the positions: score per added parameter, or the score alone.
+DEPTH_COSTS = ("params", "none")
 
 logger = logging.getLogger(__name__)
 
@@ -169,18 +172,21 @@ def depth_scores(model: MobileNetV1, loss_fn: Callable, batches: Iterable, epsil
 
 
 def grow_depth(model: MobileNetV1, loss_fn: Callable, batches: Iterable, count: int,
-               epsilon: float) -> Tuple[MobileNetV1, Dict[int, float]]:
-    """``model`` with ``count`` identity blocks at the positions of most negative score per added
-    parameter (:func:`depth_scores`), and the scores; ``count = 0`` returns ``model`` itself."""
+               epsilon: float, cost: str = "params") -> Tuple[MobileNetV1, Dict[int, float]]:
+    """``model`` with ``count`` identity blocks at the positions of most negative score (:func:`depth_scores`)
+    per added parameter (``cost="params"``) or in all (``cost="none"``: the largest loss decrease, wherever
+    it costs most), and the scores; ``count = 0`` returns ``model`` itself."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError(f"count={count!r} must be a non-negative int")
+    if cost not in DEPTH_COSTS:
+        raise ValueError(f"cost={cost!r} must be one of {list(DEPTH_COSTS)}")
     if count == 0:
         return model, {}
     batches = list(batches)
     scores = depth_scores(model, loss_fn, batches, epsilon)
     widths = current_widths(model)
-    per_param = {p: s / block_params(widths[p]) for p, s in scores.items()}
-    chosen = sorted(per_param, key=per_param.get)[:count]
+    ranked = {p: s / block_params(widths[p]) if cost == "params" else s for p, s in scores.items()}
+    chosen = sorted(ranked, key=ranked.get)[:count]
     logger.info("depth growth: scores per position %s, new blocks after %s", scores, sorted(chosen))
     deeper, _ = deepen(model, chosen, batches)
     return deeper, scores

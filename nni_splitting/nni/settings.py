@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional
 from nni_splitting.common.data import DATASETS
 from nni_splitting.common.defaults import EPSILON, GROW_RATIO, METHOD
 from nni_splitting.common.importing import is_import_path
+from nni_splitting.growth.depth import DEPTH_COSTS
 from nni_splitting.growth.offspring import EPSILON_SCALES, SYMMETRY_BREAKING
 from nni_splitting.growth.signed import COPIES as SIGNED_COPIES
 from nni_splitting.growth.strategies import strategy_class
@@ -66,6 +67,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "symmetry_scale": 0.1,        # its size: noise std / ||theta|| per weight * sqrt(d), or the BN scale's 1 + x
     "depth_layers": 0,            # growth steps also insert this many identity-initialised blocks where the loss
                                   # falls most per added parameter (MobileNet models: nni_splitting.growth.depth)
+    "depth_cost": "params",       # rank the new blocks' positions per added parameter, or "none": by the score alone
     "retrain_epochs": "matched",  # comparison arms trained from scratch (scratch, uniform, pruned_scratch):
                                   # "matched" = the lineage's total epochs, "round" = one round's `epochs`
 }
@@ -166,6 +168,8 @@ def check_train_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
     if merged["split_product_dtype"] not in (None, "float32", "bfloat16", "float16"):
         raise ValueError(f"trial.split_product_dtype must be null, 'float32', 'bfloat16' or 'float16', "
                          f"got {merged['split_product_dtype']!r}")
+    if merged["depth_cost"] not in DEPTH_COSTS:
+        raise ValueError(f"trial.depth_cost must be one of {list(DEPTH_COSTS)}, got {merged['depth_cost']!r}")
     if merged["split_data"] not in ("train", "val"):
         raise ValueError(f"trial.split_data must be 'train' or 'val', got {merged['split_data']!r}")
     return merged

@@ -96,7 +96,8 @@ def build_network(params: Dict[str, Any], data) -> nn.Module:
     grown = _check_grown(strategy.apply(parent, scores, plan), params, state)
     if params["depth_layers"]:  # then the new blocks, scored on the width-grown network
         batches = itertools.islice(split_loader(params, data), split_batch_count(params))
-        grown, depth = grow_depth(grown, nn.CrossEntropyLoss(), batches, params["depth_layers"], float(params["epsilon"]))
+        grown, depth = grow_depth(grown, nn.CrossEntropyLoss(), batches, params["depth_layers"], float(params["epsilon"]),
+                                  cost=params["depth_cost"])
         _logger.info("depth growth: scores %s; strides now %s", depth, list(grown.strides))
     return grown
 
