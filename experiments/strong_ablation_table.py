@@ -31,6 +31,7 @@ LEVERS = {
     "firefly_energy": "Firefly, energy-aware LP spending the count rule's FLOPs",
     "firefly_depth1": "Firefly + depth growth: one identity-initialised block per step (depth_layers 1)",
     "firefly_depth2": "Firefly + depth growth: two identity-initialised blocks per step (depth_layers 2)",
+    "firefly_depth1_score": "Firefly + depth growth: one block where the loss falls most (depth_cost none)",
 }
 
 
