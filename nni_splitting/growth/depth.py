@@ -70,9 +70,9 @@ def _layout(num_blocks: int, positions: Sequence[int]) -> List[Tuple[str, int]]:
 def deepen(model: MobileNetV1, positions: Sequence[int], batches: Iterable = ()) -> Tuple[MobileNetV1, Dict[int, str]]:
     """A copy of ``model`` with an identity block after each of ``positions``; ``{position: new block name}``.
 
-    ``batches`` (``(inputs, targets)`` pairs, optional) give the new batch norms' running statistics
-    (the block input's per-channel mean and variance in training mode); without them they stay 0 and 1. The copy is in
-    eval mode and computes ``model``'s function there.
+    ``batches`` (``(inputs, targets)`` pairs, optional) give the new batch norms' running statistics (the
+    block input's per-channel mean and variance in training mode); without them they stay 0 and 1. The
+    copy is in eval mode and computes ``model``'s function there.
     """
     _check_model(model)
     positions = sorted({int(p) for p in positions})
