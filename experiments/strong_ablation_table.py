@@ -29,6 +29,7 @@ LEVERS = {
     "s3d": "S3D: signed splits, lowest 45 % of the best scheme's index",
     "firefly_per_flop": "Firefly ranked per added FLOP (selection negative, cost flops)",
     "firefly_energy": "Firefly, energy-aware LP spending the count rule's FLOPs",
+    "firefly_depth0": "Firefly, the code of the depth levers with depth_layers 0 (their reference)",
     "firefly_depth1": "Firefly + depth growth: one identity-initialised block per step (depth_layers 1)",
     "firefly_depth2": "Firefly + depth growth: two identity-initialised blocks per step (depth_layers 2)",
     "firefly_depth1_score": "Firefly + depth growth: one block where the loss falls most (depth_cost none)",
