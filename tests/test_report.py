@@ -97,3 +97,17 @@ def test_training_compute_counts_ancestors_and_the_full_model():
     assert total[("l1", 0, 2)] == 1000 * 30 + 150 * 20  # the full model's 30 epochs, then 20 of fine-tuning
     assert total[("scratch_round", 0, 2)] == 400 * 30 and total[("full", 0, 0)] == 30000
     assert total[("l1", 5, 2)] is None  # its epochs include a full model's that is not among the rows
+
+
+def test_running_experiments_ports_from_nnictl_one_line_each(monkeypatch):
+    """NNI 3.0's ``nnictl experiment list`` prints one line per experiment, no blank line between them:
+    every running experiment's port is found (a second one used to fall through to ``nnictl view``)."""
+    import subprocess
+    listing = ("----------------------------------------------------------------------------------------\n"
+               "                Experiment information\n"
+               "Id: mc0urznq    Name: search    Status: RUNNING    Port: 8081    Platform: local    StartTime: x\n"
+               "Id: 3jmfp9nc    Name: depth    Status: RUNNING    Port: 8082    Platform: local    StartTime: y\n"
+               "----------------------------------------------------------------------------------------\n")
+    monkeypatch.setattr(report.nnictl, "run_nnictl",
+                        lambda args, check=True, **kw: subprocess.CompletedProcess(args, 0, listing, ""))
+    assert report._experiment_ports() == {"mc0urznq": 8081, "3jmfp9nc": 8082}

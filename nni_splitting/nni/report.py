@@ -91,12 +91,11 @@ def rows_from_rest(base: str, experiment_id: str) -> List[Dict[str, Any]]:
 def _experiment_ports() -> Dict[str, int]:
     """``{id: port}`` of running experiments, from ``nnictl experiment list``."""
     proc = nnictl.run_nnictl(["experiment", "list"], check=False)
-    ports = {}
-    for block in re.split(r"\n\s*\n", proc.stdout):
-        ident = re.search(r"Id:\s*(\S+)", block)
-        port = re.search(r"Port:\s*(\d+)", block)
-        if ident and port:
-            ports[ident.group(1)] = int(port.group(1))
+    ports = {}  # NNI 3.0 prints one line per experiment ("Id: ... Status: ... Port: ..."), no blank lines
+    for match in re.finditer(r"Id:\s*(\S+)(.*?)(?=Id:|\Z)", proc.stdout, flags=re.DOTALL):
+        port = re.search(r"Port:\s*(\d+)", match.group(2))
+        if port:
+            ports[match.group(1)] = int(port.group(1))
     return ports
 
 
