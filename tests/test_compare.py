@@ -281,11 +281,12 @@ def test_labelled_lineage_baselines_follow_its_seed_and_label(tmp_path):
 def test_resumed_comparison_queues_only_the_missing_arms(tmp_path):
     """``nnictl resume`` of a comparison: NNI replays the finished trials (``import_data``) into a fresh tuner;
     imported arms stay arms (not growth steps), nothing finished runs again, and what the imported steps
-    lack is queued: here the L1 pruner and the scratch arm of step 1, not the seed, the step, the full model
-    or the uniform arms that had finished."""
+    lack is queued: here the L1 pruner and the scratch arm of step 1, and the step-0 L1 architecture from
+    scratch (queued when that pruner finished, never run), not the seed, the step, the full model or the
+    uniform arms that had finished."""
     import json
-    args = dict(max_steps=1, beam=1, pruners=["l1"], arms=["pruning", "scratch", "uniform"], seed_widths=[2, 4, 8],
-                trial={"epochs": 1})
+    args = dict(max_steps=1, beam=1, pruners=["l1"], arms=["pruning", "scratch", "uniform", "pruned_scratch"],
+                seed_widths=[2, 4, 8], trial={"epochs": 1})
     tuner = CompareTuner(**args)
     tuner.end_hook = None
     finished = []
@@ -319,13 +320,16 @@ def test_resumed_comparison_queues_only_the_missing_arms(tmp_path):
     resumed.end_hook = None
     resumed.import_data(finished)
     again = resumed.generate_multiple_parameters(list(range(30, 40)))
-    assert sorted((p["arm"], p["step"]) for p in again) == [("l1", 1), ("scratch", 1)]
+    assert sorted((p["arm"], p["step"]) for p in again) == [("l1", 1), ("pruned_scratch", 0), ("scratch", 1)]
     l1 = next(p for p in again if p["arm"] == "l1")
     assert l1["full_checkpoint"] == "/x/full.pt" and abs(l1["target_ratio"] - 0.02) < 1e-9
     assert next(p for p in again if p["arm"] == "scratch")["widths"] == [3, 4, 8]
     assert not resumed.finished
     for i, p in enumerate(again):
         resumed.receive_trial_result(30 + i, p, {"default": 0.5, "node": p["node_id"], "widths": "2,3,5"})
+    last = resumed.generate_multiple_parameters([50, 51])  # the step-1 pruner's architecture from scratch
+    assert [(p["arm"], p["step"]) for p in last] == [("pruned_scratch", 1)]
+    resumed.receive_trial_result(50, last[0], {"default": 0.5, "node": last[0]["node_id"], "widths": "2,3,5"})
     assert resumed.finished
 
 

@@ -89,6 +89,8 @@ class ComparisonPolicy(Policy):
                 self._add(scheduler, lineage, "full", 0, {"widths": None, "width_multiplier": 1.0})
         for lineage in range(self.args.beam):
             self._emit(scheduler, lineage)
+        for node in [n for n in scheduler.nodes.values() if n.kind == NodeKind.ARM and n.status == NodeStatus.SUCCEEDED]:
+            self.arm_ended(scheduler, node)  # imported arms: what follows them (pruned_scratch) if not done yet
 
     def growth_params(self, node: Node, parent: Optional[Node]) -> dict:
         result = (parent.result or {}) if parent else {}

@@ -143,6 +143,9 @@ class FaultHandling:
             for lineage in sorted({n.lineage for n in imported if n.kind == NodeKind.GROWTH}):
                 if lineage in tips and not self.busy(lineage) and lineage not in self.stopped:
                     self._advance(tips[lineage])
+            for node in imported:  # an arm NNI re-ran after a resume: what follows it (e.g. pruned_scratch)
+                if node.kind == NodeKind.ARM:
+                    self.policy.arm_ended(self, node)
             self._check_finished()
         return imported
 
