@@ -337,6 +337,7 @@ def test_stopped_comparison_resumes_through_nnictl_without_running_an_arm_twice(
     """The tiny comparison stopped by ``nnictl stop`` after a few trials, then ``nnictl resume``: it ends DONE
     with every (arm, step) of the uninterrupted run (the ``tiny`` fixture's) succeeded exactly once."""
     from nni_splitting.nni import nnictl
+    from nni_splitting.nni.report import read_csv
     path = _tiny_config(tmp_path)
     port = ex.free_port(start=24000 + os.getpid() % 20000)
     experiment_id = ex.create(path, port, env=ex.venv_env())
@@ -349,8 +350,9 @@ def test_stopped_comparison_resumes_through_nnictl_without_running_an_arm_twice(
         done = [t["result"] for t in ex.read_trials(base) if t["status"] == "SUCCEEDED"]
         resumed = sorted((r["arm"], r["step"]) for r in done)
         assert len(resumed) == len(set(resumed)), resumed  # no arm ran twice
-        clean = sorted((t["result"]["arm"], t["result"]["step"]) for t in ex.read_trials(ex.rest_url(tiny["port"]))
-                       if t["status"] == "SUCCEEDED")
+        # the uninterrupted run's rows, as its `compare --out` wrote them (later tests stop that experiment)
+        clean = sorted((r["arm"], int(r["step"])) for r in read_csv(tiny["folder"] / "out" / "results.csv")
+                       if r["status"] == "SUCCEEDED")
         assert resumed == clean
     finally:
         ex.stop(experiment_id)
