@@ -156,7 +156,7 @@ def depth_scores(model: MobileNetV1, loss_fn: Callable, batches: Iterable, epsil
     batches = list(batches)
     if not batches:
         raise ValueError("depth_scores needs at least one (inputs, targets) batch")
-    deeper, names = deepen(model.cpu(), depth_positions(model), batches)
+    deeper, names = deepen(model, depth_positions(model), batches)  # built on the CPU, the model stays where it is
     weights = {p: [deeper.get_submodule(f"{name}.dw.conv").weight, deeper.get_submodule(f"{name}.pw.conv").weight]
                for p, name in names.items()}
     for param in deeper.parameters():
