@@ -485,6 +485,34 @@ def test_corrupt_checkpoint_falls_back_to_the_ancestor_and_the_lineage_completes
 
 # ---------------------------------------------------------------- item 6: random kills under concurrency 2
 
+def test_read_trials_keeps_the_result_of_a_trial_killed_after_it_reported(tmp_path):
+    """NNI 3.0's ``trial-jobs`` drops the final result of a trial that is not SUCCEEDED; the tuner has it
+    already, so the reports and lineage tables must show it too (read from ``metric-data``)."""
+    script = tmp_path / "report_then_wait.py"
+    script.write_text("import time, nni\nnni.get_next_parameter()\nnni.report_final_result({'default': 0.25, "
+                      "'node': 'l0s0-test'})\ntime.sleep(300)\n")
+    config = {"searchSpace": {"x": {"_type": "choice", "_value": [1]}}, "trialCommand": f"{sys.executable} {script.name}",
+              "trialCodeDirectory": str(tmp_path), "trialConcurrency": 1, "maxTrialNumber": 1,
+              "tuner": {"name": "Random"}, "trainingService": {"platform": "local"},
+              "experimentWorkingDirectory": str(tmp_path / "nni")}
+    experiment_id, port = nnictl.start(config, "report_then_wait.yml", nnictl.free_port(start=36000 + os.getpid() % 20000))
+    base = rest.rest_url(port)
+    try:
+        deadline = time.time() + 120
+        while not [t for t in rest.read_trials(base) if t["status"] == "RUNNING" and t["result"]]:
+            assert time.time() < deadline, rest.read_trials(base)
+            time.sleep(0.5)
+        trial = rest.read_trials(base)[0]
+        rest.rest(base, f"trial-jobs/{trial['id']}", method="DELETE")
+        while rest.read_trials(base)[0]["status"] != "USER_CANCELED":
+            assert time.time() < deadline, rest.read_trials(base)
+            time.sleep(0.5)
+        assert not rest.rest(base, "trial-jobs")[0].get("finalMetricData")  # what NNI's listing gives
+        assert rest.read_trials(base)[0]["result"] == {"default": 0.25, "node": "l0s0-test"}
+    finally:
+        nnictl.stop(experiment_id)
+
+
 def _kill_at_random(base, rng, kills, stop_event, killed):
     """Kill ``kills`` trials, each at a random moment of its life (0.1 s after it appears up to mid-training)."""
     seen = set()
@@ -547,7 +575,9 @@ def test_random_trial_kills_with_concurrency_two_lose_no_lineage(tmp_path):
                 steps = sorted({n["step"] for n in nodes.values() if str(n["lineage"]) == lineage
                                 and n["status"] == "succeeded"})
                 assert steps == [0, 1, 2], context
-        reported = {(t["result"] or {}).get("node") for t in trials if t["status"] == "SUCCEEDED"}
+        # A trial killed after it reported its final result (USER_CANCELED, its result read from metric-data)
+        # counts: the tuner received that result and its checkpoint verified when it became a parent.
+        reported = {(t["result"] or {}).get("node") for t in trials if t["status"] in ("SUCCEEDED", "USER_CANCELED")}
         succeeded = {k for k, n in nodes.items() if n["status"] == "succeeded"}
         assert succeeded <= reported, context  # no node counted as done without a trial that reported it
     finally:

@@ -171,12 +171,18 @@ def trial_parameters(job: Dict[str, Any]) -> Dict[str, Any]:
 def read_trials(base: str) -> List[Dict[str, Any]]:
     """Trials with their parameters and final results: ``[{"id", "status", "sequence", "parameters", "result"}]``.
 
-    Metric ``data`` is JSON encoded twice by NNI, hence the double decoding.
+    Metric ``data`` is JSON encoded twice by NNI, hence the double decoding.  NNI 3.0's ``trial-jobs``
+    lists the final result of ``SUCCEEDED`` trials only; a trial killed after it reported (whose result
+    the tuner received and used) gets its result from ``metric-data`` instead.
     """
     trials = []
     for job in rest(base, "trial-jobs") or []:
         result = None
-        for metric in job.get("finalMetricData") or []:
+        metrics = job.get("finalMetricData")
+        if not metrics and job.get("status") not in ("SUCCEEDED", "WAITING"):
+            metrics = [m for m in rest(base, f"metric-data/{job.get('trialJobId') or job.get('id')}") or []
+                       if m.get("type") == "FINAL"]
+        for metric in metrics or []:
             result = _loads_twice(metric.get("data"))
         trials.append({"id": job.get("trialJobId") or job.get("id"), "status": job.get("status"),
                        "sequence": job.get("sequenceId"), "parameters": trial_parameters(job), "result": result})
