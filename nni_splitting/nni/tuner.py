@@ -44,6 +44,7 @@ from nni_splitting.common.defaults import EPSILON, GROW_RATIO, METHOD
 from nni_splitting.nni.lineage import Node, NodeStatus
 from nni_splitting.models import build_model
 from nni_splitting.nni.dispatcher import DispatcherClient, check_node_files, index_candidates, verified_result
+from nni_splitting.nni.history import experiment_folder, finished_trials
 from nni_splitting.nni.scheduler import RESUME_TIMEOUT_S, Policy, Scheduler
 from nni_splitting.common.storage import StorageMap, atomic_write_json, read_json
 from nni_splitting.nni.tuner_args import COSTS, SplittingArguments, SplittingClassArgsValidator  # the classArgs (re-exported)
@@ -94,14 +95,14 @@ class SplittingTuner(Tuner):
                  budget=None, beam: int = 1, retries: int = 1,
                  trial: Optional[dict] = None, storage_path: Optional[str] = None,
                  local_storage_path: Optional[str] = None, resume_timeout: float = RESUME_TIMEOUT_S,
-                 lineage_settings: Optional[List[dict]] = None,
+                 lineage_settings: Optional[List[dict]] = None, continue_from: Optional[str] = None,
                  policy: Optional[Policy] = None, **unknown):
         kwargs = dict(model=model, model_args=model_args, weights=weights, seed_widths=seed_widths, max_steps=max_steps, grow_ratio=grow_ratio,
                       max_splits=max_splits, max_per_layer=max_per_layer, threshold=threshold, epsilon=epsilon,
                       method=method, selection=selection, strategy=strategy, cost=cost, budget=budget, beam=beam,
                       retries=retries, trial=trial,
                       storage_path=storage_path, local_storage_path=local_storage_path,
-                      resume_timeout=resume_timeout, lineage_settings=lineage_settings)
+                      resume_timeout=resume_timeout, lineage_settings=lineage_settings, continue_from=continue_from)
         SplittingClassArgsValidator().validate_class_args(**kwargs, **unknown)
         if policy is not None and not isinstance(policy, Policy):
             raise ValueError(f"policy must be a nni_splitting.nni.scheduler.Policy, got {policy!r}")
@@ -125,6 +126,10 @@ class SplittingTuner(Tuner):
         self._watching = False                    # a thread handles deadlines and polls recovered trials
         self._ended = False
         self.end_hook: Optional[Callable[["SplittingTuner"], None]] = _end_experiment
+        if continue_from is not None:  # before NNI's own import_data (nnictl resume of this experiment)
+            folder = experiment_folder(continue_from)
+            imported = self.scheduler.import_finished(finished_trials(folder))
+            _logger.info("continuing experiment %s: %d finished trial(s) imported", folder, len(imported))
 
     @property
     def finished(self) -> bool:

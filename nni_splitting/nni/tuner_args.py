@@ -16,6 +16,7 @@ from nni_splitting.graph import find_neuron_groups, trace_model
 from nni_splitting.common.importing import is_import_path
 from nni_splitting.models import MODELS, build_model, default_widths, scale_widths
 from nni_splitting.models.spec import build_seed, check_traceable
+from nni_splitting.nni.history import experiment_folder
 from nni_splitting.nni.scheduler import RESUME_TIMEOUT_S
 from nni_splitting.core.splitting import METHODS
 from nni_splitting.nni.settings import check_train_settings
@@ -94,6 +95,12 @@ class SplittingArguments(NamedTuple):
         (keys of ``trial``), ``epsilon``, ``selection``, ``cost`` and ``arm_label`` (its name in the results):
         a sweep of growth settings as one experiment.  An explicit ``seed`` is used as is (not
         ``+ lineage``).
+    continue_from
+        An earlier experiment (its id, or its folder ``<experimentWorkingDirectory>/<id>``), usually the same
+        config with fewer ``max_steps``: its finished trials are taken as this experiment's own (as
+        ``nnictl resume`` would), so its lineages grow on from their tips up to ``max_steps`` and what it
+        finished (steps, and a comparison's arms) does not run again.  Its trials' files must still be
+        where it wrote them.
     """
 
     model: str = "small_cnn"
@@ -118,6 +125,7 @@ class SplittingArguments(NamedTuple):
     local_storage_path: Optional[str] = None
     resume_timeout: float = RESUME_TIMEOUT_S
     lineage_settings: Optional[List[dict]] = None
+    continue_from: Optional[str] = None
 
 
 def _is_int(value) -> bool:
@@ -274,5 +282,7 @@ class SplittingClassArgsValidator(ClassArgsValidator):
             raise ValueError(f"resume_timeout must be a number of seconds > 0, got {args.resume_timeout!r}")
         if args.lineage_settings is not None:
             check_lineage_settings(args.lineage_settings, args.beam, args.trial or {}, args.selection)
+        if args.continue_from is not None:
+            experiment_folder(args.continue_from)  # ValueError naming where it looked
         if args.local_storage_path and not args.storage_path:
             raise ValueError("local_storage_path needs storage_path (the same folder as the trials see it)")
