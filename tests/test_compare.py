@@ -356,3 +356,32 @@ def test_stopped_comparison_resumes_through_nnictl_without_running_an_arm_twice(
         assert resumed == clean
     finally:
         ex.stop(experiment_id)
+
+
+def test_continue_from_refuses_an_unknown_experiment(tmp_path):
+    with pytest.raises(ValueError, match="no NNI experiment 'nope0000'"):
+        CompareTuner(max_steps=2, seed_widths=[2, 4, 8], continue_from="nope0000")
+    with pytest.raises(ValueError, match="has db/nni.sqlite"):
+        CompareTuner(max_steps=2, seed_widths=[2, 4, 8], continue_from=str(tmp_path))
+
+
+def test_comparison_continues_a_finished_one_to_more_steps_through_nnictl(tmp_path, tiny):
+    """The tiny comparison (max_steps 1, finished) continued by a new experiment with max_steps 2 and
+    ``continue_from``: only step 2 runs, its growth trial grown from the tiny run's step-1 network, and
+    every baseline arm at step 2; nothing of steps 0-1 runs again."""
+    path = _tiny_config(tmp_path)
+    config = ex.load_config(path)
+    config["tuner"]["classArgs"].update(max_steps=2, continue_from=str(tiny["folder"] / "nni" / tiny["id"]))
+    ex.write_config(config, path)
+    proc = _cli("compare", "--config", str(path), "--port", str(ex.free_port(start=25000 + os.getpid() % 20000)),
+                "--out", str(tmp_path / "out"), "--timeout", "500")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    with open(tmp_path / "out" / "results.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["status"] == "SUCCEEDED"]
+    assert sorted(r["arm"] for r in rows) == sorted(["splitting", "l1", "taylor", "random_split", "new_neurons",
+                                                     "scratch", "uniform", "l1_scratch", "taylor_scratch"]), rows
+    assert {r["step"] for r in rows} == {"2"}
+    with open(tiny["folder"] / "out" / "results.csv", newline="") as handle:
+        before = {r["step"]: r for r in csv.DictReader(handle) if r["arm"] == "splitting"}
+    grown = next(r for r in rows if r["arm"] == "splitting")
+    assert int(grown["params"]) > int(before["1"]["params"]) and int(grown["epochs"]) == int(before["1"]["epochs"]) + 2

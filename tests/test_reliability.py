@@ -28,6 +28,7 @@ from nni_splitting.nni.lineage import NodeStatus
 from nni_splitting.models import build_model
 from nni_splitting.nni import nnictl, rest
 from nni_splitting.nni.config import load_config, write_config
+from nni_splitting.nni.history import experiment_folder, finished_trials
 from nni_splitting.nni.scheduler import Scheduler
 from nni_splitting.core.splitting import load_splits, save_splits
 from nni_splitting.common.storage import atomic_write_json, read_json
@@ -509,6 +510,10 @@ def test_read_trials_keeps_the_result_of_a_trial_killed_after_it_reported(tmp_pa
             time.sleep(0.5)
         assert not rest.rest(base, "trial-jobs")[0].get("finalMetricData")  # what NNI's listing gives
         assert rest.read_trials(base)[0]["result"] == {"default": 0.25, "node": "l0s0-test"}
+        # and an experiment continuing this one (continue_from) takes it from NNI's database
+        entries = finished_trials(experiment_folder(experiment_id, workdir=str(tmp_path / "nni")))
+        assert [(e["trialJobId"], e["value"], e["parameter"]) for e in entries] == [(trial["id"], {
+            "default": 0.25, "node": "l0s0-test"}, {"x": 1})]
     finally:
         nnictl.stop(experiment_id)
 
