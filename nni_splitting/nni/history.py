@@ -15,6 +15,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from nni_splitting.nni.rest import decode_metric
+
 __all__ = ["experiment_folder", "finished_trials"]
 
 
@@ -34,11 +36,6 @@ def experiment_folder(reference: str, workdir: Optional[str] = None) -> Path:
         if (candidate / "db" / "nni.sqlite").is_file():
             return candidate.resolve()
     raise ValueError(f"no NNI experiment {reference!r}: none of {[str(c) for c in candidates]} has db/nni.sqlite")
-
-
-def _loads_twice(text):
-    value = json.loads(text) if isinstance(text, str) else text
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def finished_trials(folder) -> List[Dict[str, Any]]:
@@ -61,6 +58,6 @@ def finished_trials(folder) -> List[Dict[str, Any]]:
             parameters.setdefault(trial_id, record["parameters"])
     results = {}
     for trial_id, data in finals:
-        results.setdefault(trial_id, _loads_twice(data))
+        results.setdefault(trial_id, decode_metric(data))
     return [{"parameter": parameters[trial_id], "value": results[trial_id], "trialJobId": trial_id}
             for trial_id in parameters if trial_id in results]

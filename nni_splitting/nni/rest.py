@@ -36,6 +36,7 @@ __all__ = [
     "trial_states",
     "wait",
     "read_trials",
+    "decode_metric",
     "trial_parameters",
     "dispatcher_rest_url",
     "finish_from_dispatcher",
@@ -154,7 +155,8 @@ def wait(base: str, timeout: float = 600, poll: float = 3.0, min_succeeded: Opti
     return "TIMEOUT"
 
 
-def _loads_twice(value):
+def decode_metric(value):
+    """A metric's ``data`` as NNI stores it (JSON encoded twice), decoded."""
     value = json.loads(value) if isinstance(value, str) else value
     return json.loads(value) if isinstance(value, str) else value
 
@@ -183,7 +185,7 @@ def read_trials(base: str) -> List[Dict[str, Any]]:
             metrics = [m for m in rest(base, f"metric-data/{job.get('trialJobId') or job.get('id')}") or []
                        if m.get("type") == "FINAL"]
         for metric in metrics or []:
-            result = _loads_twice(metric.get("data"))
+            result = decode_metric(metric.get("data"))
         trials.append({"id": job.get("trialJobId") or job.get("id"), "status": job.get("status"),
                        "sequence": job.get("sequenceId"), "parameters": trial_parameters(job), "result": result})
     trials.sort(key=lambda t: (t["sequence"] if t["sequence"] is not None else 1 << 30))
