@@ -17,6 +17,7 @@ import pytest
 
 import nni_helpers as ex
 from nni_splitting.nni.arms import arm_label
+from nni_splitting.nni.cli import validate_config
 from nni_splitting.nni.compare import CompareTuner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -363,6 +364,16 @@ def test_continue_from_refuses_an_unknown_experiment(tmp_path):
         CompareTuner(max_steps=2, seed_widths=[2, 4, 8], continue_from="nope0000")
     with pytest.raises(ValueError, match="has db/nni.sqlite"):
         CompareTuner(max_steps=2, seed_widths=[2, 4, 8], continue_from=str(tmp_path))
+    # the CLI refuses it before starting anything, looking in the config's experimentWorkingDirectory
+    config = ex.load_config(_tiny_config(tmp_path))
+    config["tuner"]["classArgs"]["continue_from"] = "nope0000"
+    path = ex.write_config(config, tmp_path / "continue.yml")
+    proc = _cli("compare", "--config", str(path), "--workdir", str(tmp_path / "elsewhere"), timeout=120)
+    assert proc.returncode != 0 and "no NNI experiment 'nope0000'" in proc.stderr, proc.stdout + proc.stderr
+    assert str(tmp_path / "elsewhere" / "nope0000") in proc.stderr
+    (tmp_path / "elsewhere" / "nope0000" / "db").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "nope0000" / "db" / "nni.sqlite").touch()
+    validate_config(dict(config, experimentWorkingDirectory=str(tmp_path / "elsewhere")), compare=True)
 
 
 def test_comparison_continues_a_finished_one_to_more_steps_through_nnictl(tmp_path, tiny):

@@ -43,6 +43,7 @@ from nni_splitting.nni import nas
 from nni_splitting.nni.compare import CompareClassArgsValidator
 from nni_splitting.nni import nnictl, rest
 from nni_splitting.nni.config import is_splitting_tuner, load_config
+from nni_splitting.nni.history import experiment_folder
 from nni_splitting.nni.watch import (PUBLIC_WARNING, print_dashboard, print_lineage,  # PUBLIC_WARNING: re-exported
                                      stopped_if_interrupted, watch_comparison, watch_growth)
 from nni_splitting.nni.tuner_args import SplittingArguments, SplittingClassArgsValidator, check_own_seed, check_seed, model_known
@@ -92,15 +93,17 @@ def validate_config(config: Dict[str, Any], compare: bool = False) -> None:
                     sys.path.remove(code)
                 for layer, reason in excluded.items():
                     print(f"not grown: {layer}: {reason}", file=sys.stderr, flush=True)
+            if class_args.get("continue_from") is not None:  # (the tuner looks in its own working directory too)
+                experiment_folder(class_args["continue_from"], workdir=config.get("experimentWorkingDirectory"))
     except (ValueError, TypeError) as error:
         raise ValueError(f"bad classArgs for the {'comparison' if compare else 'splitting'} tuner: {error}") from None
 
 
 def _load(args, compare: bool = False) -> Dict[str, Any]:
     config = load_config(args.config)
-    validate_config(config, compare=compare)
     if args.workdir:
         config["experimentWorkingDirectory"] = str(Path(args.workdir).expanduser().resolve())
+    validate_config(config, compare=compare)
     return config
 
 

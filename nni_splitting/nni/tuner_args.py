@@ -16,7 +16,6 @@ from nni_splitting.graph import find_neuron_groups, trace_model
 from nni_splitting.common.importing import is_import_path
 from nni_splitting.models import MODELS, build_model, default_widths, scale_widths
 from nni_splitting.models.spec import build_seed, check_traceable
-from nni_splitting.nni.history import experiment_folder
 from nni_splitting.nni.scheduler import RESUME_TIMEOUT_S
 from nni_splitting.core.splitting import METHODS
 from nni_splitting.nni.settings import check_train_settings
@@ -282,7 +281,7 @@ class SplittingClassArgsValidator(ClassArgsValidator):
             raise ValueError(f"resume_timeout must be a number of seconds > 0, got {args.resume_timeout!r}")
         if args.lineage_settings is not None:
             check_lineage_settings(args.lineage_settings, args.beam, args.trial or {}, args.selection)
-        if args.continue_from is not None:
-            experiment_folder(args.continue_from)  # ValueError naming where it looked
+        if args.continue_from is not None and not (isinstance(args.continue_from, str) and args.continue_from):
+            raise ValueError(f"continue_from must be an experiment id or folder, got {args.continue_from!r}")
         if args.local_storage_path and not args.storage_path:
             raise ValueError("local_storage_path needs storage_path (the same folder as the trials see it)")
