@@ -364,6 +364,9 @@ def test_continue_from_refuses_an_unknown_experiment(tmp_path):
         CompareTuner(max_steps=2, seed_widths=[2, 4, 8], continue_from="nope0000")
     with pytest.raises(ValueError, match="has db/nni.sqlite"):
         CompareTuner(max_steps=2, seed_widths=[2, 4, 8], continue_from=str(tmp_path))
+    for bad in ([], [""], 3):
+        with pytest.raises(ValueError, match="continue_from must be an experiment id or folder"):
+            CompareTuner(max_steps=2, seed_widths=[2, 4, 8], continue_from=bad)
     # the CLI refuses it before starting anything, looking in the config's experimentWorkingDirectory
     config = ex.load_config(_tiny_config(tmp_path))
     config["tuner"]["classArgs"]["continue_from"] = "nope0000"
@@ -396,3 +399,29 @@ def test_comparison_continues_a_finished_one_to_more_steps_through_nnictl(tmp_pa
         before = {r["step"]: r for r in csv.DictReader(handle) if r["arm"] == "splitting"}
     grown = next(r for r in rows if r["arm"] == "splitting")
     assert int(grown["params"]) > int(before["1"]["params"]) and int(grown["epochs"]) == int(before["1"]["epochs"]) + 2
+    # the chain of both experiments holds every step and arm: a third one with the same settings has nothing to run
+    continued = re.search(r"experiment (\w+) started", proc.stdout).group(1)
+    chained = CompareTuner(**dict(config["tuner"]["classArgs"], continue_from=[
+        str(tiny["folder"] / "nni" / tiny["id"]), str(tmp_path / "nni" / continued)]))
+    chained.end_hook = None
+    assert chained.generate_multiple_parameters(list(range(20))) == [] and chained.finished
+
+
+def test_arms_go_round_the_seeds(tmp_path):
+    """Arms queued for two seeds are handed out alternately (growth first), so a comparison stopped early
+    has the first baselines of every seed, not all of the first seed's."""
+    import json
+    tuner = CompareTuner(max_steps=1, beam=2, pruners=["l1"], arms=["pruning", "uniform"], seed_widths=[2, 4, 8],
+                         trial={"epochs": 1})
+    tuner.end_hook = None
+    sent = tuner.generate_multiple_parameters([0, 1, 2, 3])
+    info = {"widths": [2, 4, 8], "width_layers": ["a", "b", "c"], "eigenvalues": {"a": [-1, 0.1], "b": [0.1] * 4,
+                                                                                    "c": [0.2] * 8}}
+    (tmp_path / "s.json").write_text(json.dumps(info))
+    for parameter_id, p in sorted(enumerate(sent), key=lambda item: item[1]["arm"] == "splitting"):  # fulls first
+        value = {"default": 0.5, "node": p["node_id"], "params": 10, "epochs": 1, "widths": "2,4,8",
+                 "checkpoint": "/x/full.pt", "indexes": str(tmp_path / "s.json")}
+        tuner.receive_trial_result(parameter_id, p, value)
+    handed = tuner.generate_multiple_parameters(list(range(10, 16)))
+    assert [p["arm"] for p in handed[:2]] == ["splitting", "splitting"]
+    assert [(p["arm"], p["lineage"]) for p in handed[2:]] == [("l1", 0), ("l1", 1), ("uniform", 0), ("uniform", 1)]

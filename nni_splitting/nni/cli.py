@@ -93,8 +93,9 @@ def validate_config(config: Dict[str, Any], compare: bool = False) -> None:
                     sys.path.remove(code)
                 for layer, reason in excluded.items():
                     print(f"not grown: {layer}: {reason}", file=sys.stderr, flush=True)
-            if class_args.get("continue_from") is not None:  # (the tuner looks in its own working directory too)
-                experiment_folder(class_args["continue_from"], workdir=config.get("experimentWorkingDirectory"))
+            references = class_args.get("continue_from")  # (the tuner looks in its own working directory too)
+            for reference in [references] if isinstance(references, str) else references or []:
+                experiment_folder(reference, workdir=config.get("experimentWorkingDirectory"))
     except (ValueError, TypeError) as error:
         raise ValueError(f"bad classArgs for the {'comparison' if compare else 'splitting'} tuner: {error}") from None
 

@@ -31,7 +31,7 @@ Policies:
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import nni_splitting.nni.lineage as lin
@@ -120,11 +120,17 @@ class Scheduler(FaultHandling):
         """The next ready node, now RUNNING; None when nothing is ready.
 
         Growth nodes go first, in queue order, then arm nodes: a lineage's steps run one after the
-        other (the experiment's critical path), arms can fill any free slot.
+        other (the experiment's critical path), arms can fill any free slot.  Arms go round the
+        lineages (the next one of the lineage with the fewest arms handed out so far), so a comparison
+        stopped early has every seed's first baselines rather than all of one seed's.
         """
         waiting = [self.nodes.get(n) for n in self._ready]
         waiting = [n for n in waiting if n is not None and n.status == NodeStatus.READY]
-        node = next((n for n in waiting if n.kind == NodeKind.GROWTH), waiting[0] if waiting else None)
+        node = next((n for n in waiting if n.kind == NodeKind.GROWTH), None)
+        if node is None and waiting:
+            handed_out = Counter(n.lineage for n in self.nodes.values()
+                                 if n.kind == NodeKind.ARM and n.status != NodeStatus.READY)
+            node = min(waiting, key=lambda n: handed_out[n.lineage])  # min keeps queue order on ties
         self._ready = deque(n.node_id for n in waiting if n is not node)
         if node is not None:
             node.status = NodeStatus.RUNNING

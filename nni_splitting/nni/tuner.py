@@ -95,7 +95,7 @@ class SplittingTuner(Tuner):
                  budget=None, beam: int = 1, retries: int = 1,
                  trial: Optional[dict] = None, storage_path: Optional[str] = None,
                  local_storage_path: Optional[str] = None, resume_timeout: float = RESUME_TIMEOUT_S,
-                 lineage_settings: Optional[List[dict]] = None, continue_from: Optional[str] = None,
+                 lineage_settings: Optional[List[dict]] = None, continue_from=None,
                  policy: Optional[Policy] = None, **unknown):
         kwargs = dict(model=model, model_args=model_args, weights=weights, seed_widths=seed_widths, max_steps=max_steps, grow_ratio=grow_ratio,
                       max_splits=max_splits, max_per_layer=max_per_layer, threshold=threshold, epsilon=epsilon,
@@ -126,8 +126,9 @@ class SplittingTuner(Tuner):
         self._watching = False                    # a thread handles deadlines and polls recovered trials
         self._ended = False
         self.end_hook: Optional[Callable[["SplittingTuner"], None]] = _end_experiment
-        if continue_from is not None:  # before NNI's own import_data (nnictl resume of this experiment)
-            folder = experiment_folder(continue_from)
+        # before NNI's own import_data (nnictl resume of this experiment)
+        for reference in [continue_from] if isinstance(continue_from, str) else continue_from or []:
+            folder = experiment_folder(reference)
             imported = self.scheduler.import_finished(finished_trials(folder))
             _logger.info("continuing experiment %s: %d finished trial(s) imported", folder, len(imported))
 

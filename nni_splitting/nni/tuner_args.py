@@ -95,8 +95,9 @@ class SplittingArguments(NamedTuple):
         a sweep of growth settings as one experiment.  An explicit ``seed`` is used as is (not
         ``+ lineage``).
     continue_from
-        An earlier experiment (its id, or its folder ``<experimentWorkingDirectory>/<id>``), usually the same
-        config with fewer ``max_steps``: its finished trials are taken as this experiment's own (as
+        An earlier experiment (its id, or its folder ``<experimentWorkingDirectory>/<id>``) or a list of them
+        (a chain of continuations, oldest first), usually the same config with fewer ``max_steps`` or
+        fewer arms: their finished trials are taken as this experiment's own (as
         ``nnictl resume`` would), so its lineages grow on from their tips up to ``max_steps`` and what it
         finished (steps, and a comparison's arms) does not run again.  Its trials' files must still be
         where it wrote them.
@@ -124,7 +125,7 @@ class SplittingArguments(NamedTuple):
     local_storage_path: Optional[str] = None
     resume_timeout: float = RESUME_TIMEOUT_S
     lineage_settings: Optional[List[dict]] = None
-    continue_from: Optional[str] = None
+    continue_from: Union[str, List[str], None] = None
 
 
 def _is_int(value) -> bool:
@@ -281,7 +282,11 @@ class SplittingClassArgsValidator(ClassArgsValidator):
             raise ValueError(f"resume_timeout must be a number of seconds > 0, got {args.resume_timeout!r}")
         if args.lineage_settings is not None:
             check_lineage_settings(args.lineage_settings, args.beam, args.trial or {}, args.selection)
-        if args.continue_from is not None and not (isinstance(args.continue_from, str) and args.continue_from):
-            raise ValueError(f"continue_from must be an experiment id or folder, got {args.continue_from!r}")
+        if args.continue_from is not None:
+            references = [args.continue_from] if isinstance(args.continue_from, str) else args.continue_from
+            if not (isinstance(references, (list, tuple)) and references
+                    and all(isinstance(r, str) and r for r in references)):
+                raise ValueError(f"continue_from must be an experiment id or folder, or a list of them, "
+                                 f"got {args.continue_from!r}")
         if args.local_storage_path and not args.storage_path:
             raise ValueError("local_storage_path needs storage_path (the same folder as the trials see it)")
