@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 FINAL_STATES = ("DONE", "STOPPED", "ERROR")
 #: Final statuses a command reports as success.
 SUCCESS_STATES = ("DONE", "TUNER_NO_MORE_TRIAL", "NO_MORE_TRIAL")
+#: Trial statuses of a trial that ended otherwise than SUCCEEDED (it may still have reported its final result).
+ENDED_WITHOUT_SUCCESS = ("FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 #: What a REST call raises while NNI's server is not (or no longer) answering.
 REST_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, ValueError)
 IDLE_STATES = ("TUNER_NO_MORE_TRIAL", "NO_MORE_TRIAL")
@@ -181,7 +183,7 @@ def read_trials(base: str) -> List[Dict[str, Any]]:
     for job in rest(base, "trial-jobs") or []:
         result = None
         metrics = job.get("finalMetricData")
-        if not metrics and job.get("status") not in ("SUCCEEDED", "WAITING"):
+        if not metrics and job.get("status") in ENDED_WITHOUT_SUCCESS:
             metrics = [m for m in rest(base, f"metric-data/{job.get('trialJobId') or job.get('id')}") or []
                        if m.get("type") == "FINAL"]
         for metric in metrics or []:
