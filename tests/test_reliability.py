@@ -500,7 +500,11 @@ def test_read_trials_keeps_the_result_of_a_trial_killed_after_it_reported(tmp_pa
     base = rest.rest_url(port)
     try:
         deadline = time.time() + 120
-        while not [t for t in rest.read_trials(base) if t["status"] == "RUNNING" and t["result"]]:
+        def reported(trial):  # its final result is in, the trial still runs
+            return trial["status"] == "RUNNING" and any(m.get("type") == "FINAL" for m in rest.rest(
+                base, f"metric-data/{trial['id']}") or [])
+
+        while not [t for t in rest.read_trials(base) if reported(t)]:
             assert time.time() < deadline, rest.read_trials(base)
             time.sleep(0.5)
         trial = rest.read_trials(base)[0]
