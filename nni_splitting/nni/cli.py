@@ -43,7 +43,7 @@ from nni_splitting.nni import nas
 from nni_splitting.nni.compare import CompareClassArgsValidator
 from nni_splitting.nni import nnictl, rest
 from nni_splitting.nni.config import is_splitting_tuner, load_config
-from nni_splitting.nni.history import experiment_folder
+from nni_splitting.nni.history import experiment_folder, experiment_references
 from nni_splitting.nni.watch import (PUBLIC_WARNING, print_dashboard, print_lineage,  # PUBLIC_WARNING: re-exported
                                      stopped_if_interrupted, watch_comparison, watch_growth)
 from nni_splitting.nni.tuner_args import SplittingArguments, SplittingClassArgsValidator, check_own_seed, check_seed, model_known
@@ -93,8 +93,8 @@ def validate_config(config: Dict[str, Any], compare: bool = False) -> None:
                     sys.path.remove(code)
                 for layer, reason in excluded.items():
                     print(f"not grown: {layer}: {reason}", file=sys.stderr, flush=True)
-            references = class_args.get("continue_from")  # (the tuner looks in its own working directory too)
-            for reference in [references] if isinstance(references, str) else references or []:
+            # (the tuner looks in its own working directory too)
+            for reference in experiment_references(class_args.get("continue_from")):
                 experiment_folder(reference, workdir=config.get("experimentWorkingDirectory"))
     except (ValueError, TypeError) as error:
         raise ValueError(f"bad classArgs for the {'comparison' if compare else 'splitting'} tuner: {error}") from None

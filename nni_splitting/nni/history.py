@@ -17,7 +17,12 @@ from typing import Any, Dict, List, Optional
 
 from nni_splitting.nni.rest import decode_metric
 
-__all__ = ["experiment_folder", "finished_trials"]
+__all__ = ["experiment_references", "experiment_folder", "finished_trials"]
+
+
+def experiment_references(continue_from) -> List[str]:
+    """``continue_from`` (None, one experiment id or folder, or a list of them) as a list, oldest first."""
+    return [continue_from] if isinstance(continue_from, str) else list(continue_from or [])
 
 
 def experiment_folder(reference: str, workdir: Optional[str] = None) -> Path:

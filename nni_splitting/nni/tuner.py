@@ -44,7 +44,7 @@ from nni_splitting.common.defaults import EPSILON, GROW_RATIO, METHOD
 from nni_splitting.nni.lineage import Node, NodeStatus
 from nni_splitting.models import build_model
 from nni_splitting.nni.dispatcher import DispatcherClient, check_node_files, index_candidates, verified_result
-from nni_splitting.nni.history import experiment_folder, finished_trials
+from nni_splitting.nni.history import experiment_folder, experiment_references, finished_trials
 from nni_splitting.nni.scheduler import RESUME_TIMEOUT_S, Policy, Scheduler
 from nni_splitting.common.storage import StorageMap, atomic_write_json, read_json
 from nni_splitting.nni.tuner_args import COSTS, SplittingArguments, SplittingClassArgsValidator  # the classArgs (re-exported)
@@ -127,7 +127,7 @@ class SplittingTuner(Tuner):
         self._ended = False
         self.end_hook: Optional[Callable[["SplittingTuner"], None]] = _end_experiment
         # before NNI's own import_data (nnictl resume of this experiment)
-        for reference in [continue_from] if isinstance(continue_from, str) else continue_from or []:
+        for reference in experiment_references(continue_from):
             folder = experiment_folder(reference)
             imported = self.scheduler.import_finished(finished_trials(folder))
             _logger.info("continuing experiment %s: %d finished trial(s) imported", folder, len(imported))

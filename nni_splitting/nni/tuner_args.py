@@ -16,6 +16,7 @@ from nni_splitting.graph import find_neuron_groups, trace_model
 from nni_splitting.common.importing import is_import_path
 from nni_splitting.models import MODELS, build_model, default_widths, scale_widths
 from nni_splitting.models.spec import build_seed, check_traceable
+from nni_splitting.nni.history import experiment_references
 from nni_splitting.nni.scheduler import RESUME_TIMEOUT_S
 from nni_splitting.core.splitting import METHODS
 from nni_splitting.nni.settings import check_train_settings
@@ -283,9 +284,9 @@ class SplittingClassArgsValidator(ClassArgsValidator):
         if args.lineage_settings is not None:
             check_lineage_settings(args.lineage_settings, args.beam, args.trial or {}, args.selection)
         if args.continue_from is not None:
-            references = [args.continue_from] if isinstance(args.continue_from, str) else args.continue_from
-            if not (isinstance(references, (list, tuple)) and references
-                    and all(isinstance(r, str) and r for r in references)):
+            references = args.continue_from
+            if not (isinstance(references, (str, list, tuple)) and references
+                    and all(isinstance(r, str) and r for r in experiment_references(references))):
                 raise ValueError(f"continue_from must be an experiment id or folder, or a list of them, "
                                  f"got {args.continue_from!r}")
         if args.local_storage_path and not args.storage_path:
